@@ -1,0 +1,424 @@
+//! Configuration: embedded defaults, an optional TOML file, then `INITDESK_*` environment overrides.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A configuration that could not be loaded; the message names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("bad configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration (SPEC 5.1.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub smtp: SmtpConfig,
+    pub http: HttpConfig,
+    pub outbound: OutboundConfig,
+    pub limits: LimitsConfig,
+    pub policy: PolicyConfig,
+    pub organizations: Vec<OrganizationConfig>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user@host/db`.
+    pub url: String,
+    /// Connections in the pool (PostgreSQL; SQLite uses one writer and a few readers).
+    pub max_connections: u32,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Attachments and raw mail live under this directory.
+    pub data_dir: PathBuf,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: String,
+    pub lmtp_listen: String,
+    pub hostname: String,
+    pub max_message_bytes: u64,
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Base of every `download_url`.
+    pub public_url: String,
+}
+
+/// `[outbound]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub relay: String,
+    /// HMAC key for reply tokens; created when missing.
+    pub secret_file: PathBuf,
+}
+
+/// `[limits]`: bounds on what one message may make the parser do (SPEC 2.8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes parsed at most; the rest of a larger message is kept raw but not parsed.
+    pub max_parse_bytes: u64,
+    /// MIME parts kept at most.
+    pub max_parts: usize,
+    /// MIME nesting depth followed at most.
+    pub max_depth: usize,
+    /// Header fields read at most.
+    pub max_headers: usize,
+    /// HTML bytes converted to text at most (html2text is costly on huge input).
+    pub max_html_to_text_bytes: usize,
+}
+
+/// `[policy]`: spam and rate limits (SPEC 2.9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Tickets one sender may open in `rate_limit_window_secs` before the next ones are spam.
+    pub rate_limit_tickets: i64,
+    pub rate_limit_window_secs: i64,
+}
+
+/// `[[organizations]]`: created or updated at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationConfig {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default = "default_true")]
+    pub cc_email_routing: bool,
+    #[serde(default)]
+    pub auto_tagging: bool,
+    #[serde(default = "default_reopen_window")]
+    pub reopen_window_days: i64,
+    /// Extra subject tag prefix, e.g. `ACME` for `[ACME #12]`.
+    #[serde(default)]
+    pub subject_tag_prefix: String,
+    /// The authserv-id of the organization's own mail server in `Authentication-Results`.
+    #[serde(default)]
+    pub authserv_id: String,
+    /// With this on, a subject tag threads only with a DKIM or DMARC pass.
+    #[serde(default)]
+    pub require_authenticated_sender: bool,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+    #[serde(default)]
+    pub inboxes: Vec<InboxConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// `[[organizations.inboxes]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    pub email_prefix: String,
+    pub name: String,
+    #[serde(default)]
+    pub auto_acknowledge: bool,
+    #[serde(default)]
+    pub imap: Option<ImapConfig>,
+}
+
+/// `[organizations.inboxes.imap]`: kept here so configs validate; the fetcher reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    pub host: String,
+    #[serde(default = "default_imap_port")]
+    pub port: u16,
+    #[serde(default = "default_imap_tls")]
+    pub tls: String,
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub password_file: String,
+    #[serde(default)]
+    pub password_command: String,
+    #[serde(default)]
+    pub oauth2_token_command: String,
+    #[serde(default = "default_imap_folder")]
+    pub folder: String,
+    #[serde(default = "default_imap_after")]
+    pub after: String,
+}
+
+/// `[[organizations.users]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub email: String,
+    pub name: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_reopen_window() -> i64 {
+    30
+}
+fn default_imap_port() -> u16 {
+    993
+}
+fn default_imap_tls() -> String {
+    "implicit".into()
+}
+fn default_imap_folder() -> String {
+    "INBOX".into()
+}
+fn default_imap_after() -> String {
+    "seen".into()
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/gateway.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:2525".into(),
+            lmtp_listen: String::new(),
+            hostname: "localhost".into(),
+            max_message_bytes: 26_214_400,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            relay: "smtp://127.0.0.1:25".into(),
+            secret_file: PathBuf::from("data/secret"),
+        }
+    }
+}
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_parse_bytes: 26_214_400,
+            max_parts: 500,
+            max_depth: 20,
+            max_headers: 1000,
+            max_html_to_text_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_tickets: 20,
+            rate_limit_window_secs: 600,
+        }
+    }
+}
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            smtp: SmtpConfig::default(),
+            http: HttpConfig::default(),
+            outbound: OutboundConfig::default(),
+            limits: LimitsConfig::default(),
+            policy: PolicyConfig::default(),
+            organizations: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `INITDESK_CONFIG`), then `INITDESK_<SECTION>_<KEY>` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os("INITDESK_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(from_env);
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.clone()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(env_overrides())
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return bad("database.url", "must start with sqlite:// or postgres://");
+        }
+        for (key, addr) in [("smtp.listen", &self.smtp.listen), ("http.listen", &self.http.listen)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(key, &format!("{addr:?} is not an address:port"));
+            }
+        }
+        if !self.smtp.lmtp_listen.is_empty() && self.smtp.lmtp_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("smtp.lmtp_listen", "is not an address:port");
+        }
+        if self.smtp.tls_cert.is_empty() != self.smtp.tls_key.is_empty() {
+            return bad("smtp.tls_cert", "tls_cert and tls_key must be set together");
+        }
+        if self.smtp.max_message_bytes == 0 {
+            return bad("smtp.max_message_bytes", "must be greater than 0");
+        }
+        if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
+            return bad("http.public_url", "must start with http:// or https://");
+        }
+        if self.policy.rate_limit_tickets < 1 || self.policy.rate_limit_window_secs < 1 {
+            return bad("policy.rate_limit_tickets", "the rate limit and its window must be positive");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, org) in self.organizations.iter().enumerate() {
+            let key = |k: &str| format!("organizations[{i}].{k}");
+            if org.name.trim().is_empty() {
+                return bad(&key("name"), "must not be empty");
+            }
+            if !names.insert(org.name.clone()) {
+                return bad(&key("name"), "is declared twice");
+            }
+            if org.domains.is_empty() {
+                return bad(&key("domains"), "needs at least one domain");
+            }
+            for d in &org.domains {
+                if !crate::address::is_domain(d) {
+                    return bad(&key("domains"), &format!("{d:?} is not a domain"));
+                }
+            }
+            if org.reopen_window_days < 0 {
+                return bad(&key("reopen_window_days"), "must not be negative");
+            }
+            for (j, inbox) in org.inboxes.iter().enumerate() {
+                if !crate::address::is_local_part(&inbox.email_prefix) || inbox.email_prefix.contains('+') {
+                    return bad(&key(&format!("inboxes[{j}].email_prefix")), "is not a valid local part without '+'");
+                }
+                if let Some(imap) = &inbox.imap {
+                    if !["implicit", "starttls", "none"].contains(&imap.tls.as_str()) {
+                        return bad(&key(&format!("inboxes[{j}].imap.tls")), "must be implicit, starttls or none");
+                    }
+                    let after = imap.after.as_str();
+                    if !(after == "seen" || after == "delete" || after.strip_prefix("move:").is_some_and(|f| !f.is_empty())) {
+                        return bad(&key(&format!("inboxes[{j}].imap.after")), "must be seen, delete or move:FOLDER");
+                    }
+                }
+            }
+            for (j, user) in org.users.iter().enumerate() {
+                if crate::address::parse_addr_spec(&user.email).is_none() {
+                    return bad(&key(&format!("users[{j}].email")), "is not an email address");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `INITDESK_SMTP_MAX_MESSAGE_BYTES` -> `smtp.max_message_bytes`: the section is the first word.
+fn env_overrides() -> Env {
+    Env::prefixed("INITDESK_")
+        .filter(|key| key.as_str() != "config")
+        .map(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            match key.split_once('_') {
+                Some((section, rest)) => format!("{section}.{rest}").into(),
+                None => key.into(),
+            }
+        })
+        .lowercase(false)
+}
+
+fn describe_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let src = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{src}", e.kind)
+            } else {
+                format!("{path}: {}{src}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[smtp]\nlisten = \"127.0.0.1:25\"\nlisen = 1\n").expect("write");
+        let err = Config::load(Some(&path)).expect_err("unknown key must fail").to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nlisten = \"nowhere\"\n").expect("write");
+        let err = Config::load(Some(&path)).expect_err("bad listen").to_string();
+        assert!(err.contains("http.listen"), "{err}");
+    }
+}

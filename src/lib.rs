@@ -1,0 +1,15 @@
+//! initdesk-gateway: the inbound email gateway of the initdesk helpdesk.
+//!
+//! Mail flows one way: listeners -> [`pipeline`] (parse, route, customer, thread, policy)
+//! -> [`store`]. The command line ([`cli`]) and the fixture runner ([`replay`]) drive the
+//! same pipeline that the listeners do.
+
+pub mod address;
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod ops;
+pub mod pipeline;
+pub mod replay;
+pub mod store;

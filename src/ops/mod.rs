@@ -1,0 +1,3 @@
+//! Operations: logging and, later, metrics and systemd integration.
+
+pub mod telemetry;

@@ -1,0 +1,421 @@
+//! The inbound pipeline: raw bytes and an envelope in, a committed ticket or message out.
+//!
+//! The steps run in the order of the modules: [`parse`] -> [`route`] -> [`customer`] ->
+//! [`thread`] -> [`policy`] -> [`record`] (the store). [`Pipeline::ingest_batch`] commits
+//! many messages in one transaction, each under a savepoint, so one bad message never
+//! undoes or blocks the others: it goes to the quarantine instead.
+
+pub mod customer;
+pub mod parse;
+pub mod policy;
+pub mod prepare;
+mod record;
+pub mod route;
+pub mod thread;
+
+use std::sync::Arc;
+
+pub use route::Recipient;
+pub use thread::ReplyTokens;
+
+use crate::config::{Config, LimitsConfig, PolicyConfig};
+use crate::store::blobs::{BlobStore, FsBlobStore};
+use crate::store::{Store, StoreError, Tx, quarantine, tickets};
+use prepare::{PrepareError, Prepared};
+use route::{Route, RouteCache};
+
+/// How a message reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Smtp,
+    Lmtp,
+    Pipe,
+    Imap,
+    Replay,
+    Reprocess,
+}
+
+impl Source {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Smtp => "smtp",
+            Source::Lmtp => "lmtp",
+            Source::Pipe => "pipe",
+            Source::Imap => "imap",
+            Source::Replay => "replay",
+            Source::Reprocess => "reprocess",
+        }
+    }
+}
+
+/// Where a message goes and who handed it over.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub recipient: Recipient,
+    /// SMTP `MAIL FROM` (empty string for the null sender), when known.
+    pub mail_from: Option<String>,
+    pub source: Source,
+}
+
+impl Envelope {
+    /// An envelope for `recipient` with no envelope sender.
+    pub fn to(recipient: impl Into<String>, source: Source) -> Self {
+        Self {
+            recipient: Recipient::Address(recipient.into()),
+            mail_from: None,
+            source,
+        }
+    }
+}
+
+/// What became of an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new ticket with its first message.
+    Created { ticket_id: i64, public_id: i64, message_id: i64 },
+    /// A message on an existing ticket.
+    Appended { ticket_id: i64, public_id: i64, message_id: i64 },
+    /// The same mail was stored before; nothing new was written.
+    Duplicate { ticket_id: i64, message_id: i64 },
+    /// From one of the gateway's own addresses: dropped and logged.
+    Loop,
+    /// A delivery-status report, linked to the outgoing message it is about when it is ours.
+    Bounce { linked_message_id: Option<i64> },
+    /// Processing failed; the raw message waits in the quarantine.
+    Quarantined { id: i64, reason: String },
+}
+
+impl Outcome {
+    /// A short name for logs, metrics and fixture files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Created { .. } => "created",
+            Outcome::Appended { .. } => "appended",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Loop => "loop",
+            Outcome::Bounce { .. } => "bounce",
+            Outcome::Quarantined { .. } => "quarantined",
+        }
+    }
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No inbox answers to the recipient (SMTP 550 5.1.1, exit 67).
+    #[error("unknown recipient: {0}")]
+    UnknownRecipient(String),
+    /// Nothing usable to make a message from, such as no sender address (exit 65).
+    #[error("unusable message: {0}")]
+    Unusable(String),
+    /// The database or disk failed in a way that may pass (SMTP 451, exit 75).
+    #[error("temporary failure: {0}")]
+    Temporary(StoreError),
+    /// A fault in processing this message; [`Pipeline`] turns it into a quarantine entry.
+    #[error("processing failed: {0}")]
+    Failed(String),
+}
+
+impl IngestError {
+    /// Classifies a store error: transient ones are retried, the rest quarantine the message.
+    pub fn from_store(e: StoreError) -> Self {
+        if e.is_transient() { IngestError::Temporary(e) } else { IngestError::Failed(e.to_string()) }
+    }
+
+    /// True when the sender should keep the message and try again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IngestError::Temporary(_))
+    }
+}
+
+/// Settings the pipeline runs with.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub limits: LimitsConfig,
+    pub policy: PolicyConfig,
+    /// Base of attachment download URLs.
+    pub public_url: String,
+}
+
+/// The inbound pipeline over one store.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    blobs: Arc<dyn BlobStore>,
+    settings: Settings,
+    tokens: ReplyTokens,
+    routes: RouteCache,
+}
+
+/// One message to ingest.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub raw: Vec<u8>,
+    pub envelope: Envelope,
+}
+
+impl Pipeline {
+    /// A pipeline over `store`, keeping blobs in `blobs`.
+    pub fn new(store: Store, blobs: Arc<dyn BlobStore>, settings: Settings, tokens: ReplyTokens) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                settings,
+                tokens,
+                routes: RouteCache::default(),
+            }),
+        }
+    }
+
+    /// A pipeline as the configuration describes it (blob directory, secret file, limits).
+    pub fn from_config(config: &Config, store: Store) -> std::io::Result<Self> {
+        let tokens = ReplyTokens::load_or_create(&config.outbound.secret_file)?;
+        let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(&config.storage.data_dir));
+        let settings = Settings {
+            limits: config.limits.clone(),
+            policy: config.policy.clone(),
+            public_url: config.http.public_url.clone(),
+        };
+        Ok(Self::new(store, blobs, settings, tokens))
+    }
+
+    /// The store this pipeline writes to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The blob store for attachments and raw mail.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.blobs
+    }
+
+    /// The reply-token signer.
+    pub fn tokens(&self) -> &ReplyTokens {
+        &self.inner.tokens
+    }
+
+    /// Forgets cached routing data (after organizations, inboxes or agents changed).
+    pub fn refresh_routes(&self) {
+        self.inner.routes.clear();
+    }
+
+    /// Checks a recipient without a message, as SMTP does at `RCPT TO`.
+    pub async fn check_recipient(&self, recipient: &Recipient) -> Result<(), IngestError> {
+        self.inner.routes.resolve(&self.inner.store, recipient).await.map(|_| ())
+    }
+
+    /// Ingests one message and commits it.
+    pub async fn ingest(&self, raw: &[u8], envelope: &Envelope) -> Result<Outcome, IngestError> {
+        let delivery = Delivery {
+            raw: raw.to_vec(),
+            envelope: envelope.clone(),
+        };
+        self.ingest_batch(vec![delivery]).await.pop().unwrap_or_else(|| Err(IngestError::Failed("empty batch".into())))
+    }
+
+    /// Ingests several messages in one transaction; one result per message, in order.
+    /// A transient failure fails the whole batch (nothing is committed, everything is retried).
+    pub async fn ingest_batch(&self, batch: Vec<Delivery>) -> Vec<Result<Outcome, IngestError>> {
+        let n = batch.len();
+        let mut prepared = Vec::with_capacity(n);
+        for delivery in batch {
+            prepared.push(self.prepare(delivery).await);
+        }
+        match self.commit_batch(prepared).await {
+            Ok(results) => results,
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, messages = n, "batch not committed; the sender will retry");
+                (0..n)
+                    .map(|_| Err(IngestError::Temporary(StoreError::Io(std::io::Error::other(msg.clone())))))
+                    .collect()
+            }
+        }
+    }
+
+    async fn prepare(&self, delivery: Delivery) -> Staged {
+        let route = match self.inner.routes.resolve(&self.inner.store, &delivery.envelope.recipient).await {
+            Ok(route) => route,
+            Err(e) => return Staged::Rejected(e),
+        };
+        let inner = self.inner.clone();
+        let org_id = route.entry.org.id;
+        let raw = Arc::new(delivery.raw);
+        let raw_for_task = raw.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            prepare::prepare(&raw_for_task, org_id, &inner.settings.public_url, &inner.settings.limits, &inner.blobs)
+        })
+        .await;
+        let raw = Arc::try_unwrap(raw).unwrap_or_else(|a| a.as_ref().clone());
+        match result {
+            Ok(Ok(p)) => Staged::Ready(Box::new(Ready {
+                route,
+                prepared: p,
+                envelope: delivery.envelope,
+                raw,
+            })),
+            Ok(Err(PrepareError::Blob(e))) => Staged::Rejected(IngestError::Temporary(StoreError::Io(e))),
+            Ok(Err(PrepareError::Parse(reason))) => Staged::Quarantine {
+                org_id: Some(org_id),
+                envelope: delivery.envelope,
+                raw,
+                reason,
+            },
+            Err(join) => Staged::Quarantine {
+                org_id: Some(org_id),
+                envelope: delivery.envelope,
+                raw,
+                reason: format!("processing task failed: {join}"),
+            },
+        }
+    }
+
+    async fn commit_batch(&self, staged: Vec<Staged>) -> Result<Vec<Result<Outcome, IngestError>>, StoreError> {
+        let mut results = Vec::with_capacity(staged.len());
+        // Nothing to write (e.g. every recipient unknown): no transaction at all.
+        if staged.iter().all(|s| matches!(s, Staged::Rejected(_))) {
+            return Ok(staged
+                .into_iter()
+                .map(|s| match s {
+                    Staged::Rejected(e) => Err(e),
+                    _ => Err(IngestError::Failed("unreachable".into())),
+                })
+                .collect());
+        }
+        let mut tx = self.inner.store.begin().await?;
+        for item in staged {
+            let result = match item {
+                Staged::Rejected(e) => Err(e),
+                Staged::Quarantine { org_id, envelope, raw, reason } => self.quarantine(&mut tx, org_id, &envelope, &raw, &reason).await,
+                Staged::Ready(ready) => self.apply_one(&mut tx, &ready).await,
+            };
+            if let Err(IngestError::Temporary(e)) = result {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            results.push(result);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn apply_one(&self, tx: &mut Tx, ready: &Ready) -> Result<Outcome, IngestError> {
+        // Twice at most: a unique-key race with another instance resolves as a duplicate on the retry.
+        for attempt in 0..2 {
+            tx.savepoint().await.map_err(IngestError::from_store)?;
+            let ctx = record::Context {
+                route: &ready.route,
+                envelope: &ready.envelope,
+                prepared: &ready.prepared,
+                tokens: &self.inner.tokens,
+                policy: &self.inner.settings.policy,
+                routes: &self.inner.routes,
+                store: &self.inner.store,
+            };
+            match record::apply(tx, &ctx).await {
+                Ok(outcome) => {
+                    tx.release_savepoint().await.map_err(IngestError::from_store)?;
+                    return Ok(outcome);
+                }
+                Err(record::Error::Store(e)) if e.is_unique_violation() && attempt == 0 => {
+                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                }
+                Err(record::Error::Store(e)) if e.is_transient() => return Err(IngestError::Temporary(e)),
+                Err(record::Error::Unusable(reason)) => {
+                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                    return Err(IngestError::Unusable(reason));
+                }
+                Err(record::Error::Store(e)) => {
+                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                    let reason = format!("store: {e}");
+                    return self.quarantine(tx, Some(ready.route.entry.org.id), &ready.envelope, &ready.raw, &reason).await;
+                }
+            }
+        }
+        Err(IngestError::Failed("unique key conflict persisted".into()))
+    }
+
+    async fn quarantine(&self, tx: &mut Tx, org_id: Option<i64>, envelope: &Envelope, raw: &[u8], reason: &str) -> Result<Outcome, IngestError> {
+        tracing::error!(recipient = %envelope.recipient, %reason, "message quarantined");
+        let id = quarantine::add(tx, org_id, &envelope.recipient.to_string(), envelope.source.as_str(), raw, reason)
+            .await
+            .map_err(|e| IngestError::Temporary(StoreError::Io(std::io::Error::other(format!("cannot quarantine: {e}")))))?;
+        Ok(Outcome::Quarantined { id, reason: reason.to_string() })
+    }
+
+    /// Re-runs one quarantined message; it leaves the quarantine unless it fails again.
+    pub async fn reprocess(&self, quarantine_id: i64) -> Result<Outcome, IngestError> {
+        let mut tx = self.inner.store.begin_read().await.map_err(IngestError::from_store)?;
+        let entry = quarantine::get(&mut tx, quarantine_id).await.map_err(IngestError::from_store)?;
+        tx.rollback().await.map_err(IngestError::from_store)?;
+        let entry = entry.ok_or_else(|| IngestError::Unusable(format!("quarantine entry {quarantine_id} does not exist")))?;
+        if entry.resolved_at.is_some() {
+            return Err(IngestError::Unusable(format!("quarantine entry {quarantine_id} was resolved already ({})", entry.resolution)));
+        }
+        let recipient = match entry.recipient.strip_prefix("inbox:").and_then(|id| id.parse().ok()) {
+            Some(inbox_id) => Recipient::Inbox(inbox_id),
+            None => Recipient::Address(entry.recipient.clone()),
+        };
+        let envelope = Envelope {
+            recipient,
+            mail_from: None,
+            source: Source::Reprocess,
+        };
+        let outcome = self.ingest(&entry.raw, &envelope).await;
+        let resolution = match &outcome {
+            Ok(Outcome::Quarantined { .. }) | Err(IngestError::Temporary(_)) => None,
+            Ok(o) => Some(o.kind().to_string()),
+            Err(e) => Some(format!("rejected: {e}")),
+        };
+        if let Some(resolution) = resolution {
+            let mut tx = self.inner.store.begin().await.map_err(IngestError::from_store)?;
+            quarantine::resolve(&mut tx, quarantine_id, &resolution).await.map_err(IngestError::from_store)?;
+            tx.commit().await.map_err(IngestError::from_store)?;
+        }
+        outcome
+    }
+}
+
+/// A message between preparing and committing.
+enum Staged {
+    Ready(Box<Ready>),
+    Rejected(IngestError),
+    Quarantine {
+        org_id: Option<i64>,
+        envelope: Envelope,
+        raw: Vec<u8>,
+        reason: String,
+    },
+}
+
+struct Ready {
+    route: Route,
+    prepared: Prepared,
+    envelope: Envelope,
+    raw: Vec<u8>,
+}
+
+/// Records a non-stored outcome in the inbound log.
+async fn log_outcome(tx: &mut Tx, route: &Route, envelope: &Envelope, raw_sha256: &str, outcome: &str, detail: &str, ticket_id: Option<i64>, message_id: Option<i64>) -> Result<(), StoreError> {
+    tickets::log_inbound(
+        tx,
+        &tickets::InboundLog {
+            organization_id: route.entry.org.id,
+            recipient: &envelope.recipient.to_string(),
+            source: envelope.source.as_str(),
+            raw_sha256,
+            outcome,
+            detail,
+            ticket_id,
+            message_id,
+        },
+    )
+    .await
+}

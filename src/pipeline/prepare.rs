@@ -1,0 +1,94 @@
+//! The work before the transaction: parse, render the bodies, store the blobs.
+//! CPU- and disk-bound, so it runs on the blocking pool and never holds the write lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::parse::{self, ParsedMail};
+use crate::config::LimitsConfig;
+use crate::store::blobs::{BlobKind, BlobStore};
+
+/// An attachment whose bytes are stored, ready for its row.
+#[derive(Debug, Clone)]
+pub struct StoredAttachment {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_id: String,
+    pub is_inline: bool,
+}
+
+/// A message ready to be decided on and written.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub mail: ParsedMail,
+    /// `content`: the text/plain body, or readable text from the HTML when there is none.
+    pub text: String,
+    /// `content_html`: the sanitized HTML body, empty for plain-text mail.
+    pub html: String,
+    pub language: String,
+    pub raw_sha256: String,
+    pub attachments: Vec<StoredAttachment>,
+}
+
+/// Why preparing failed: the disk (try again later) or the message itself (quarantine).
+#[derive(Debug)]
+pub enum PrepareError {
+    Blob(std::io::Error),
+    Parse(String),
+}
+
+/// Parses and renders `raw` for organization `org_id`, storing raw mail and attachments.
+pub fn prepare(raw: &[u8], org_id: i64, public_url: &str, limits: &LimitsConfig, blobs: &Arc<dyn BlobStore>) -> Result<Prepared, PrepareError> {
+    let mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
+    let raw_sha256 = blobs.put(BlobKind::RawMail, raw).map_err(PrepareError::Blob)?;
+
+    let mut attachments = Vec::with_capacity(mail.attachments.len());
+    let mut cid_urls = HashMap::new();
+    for a in &mail.attachments {
+        let sha256 = blobs.put(BlobKind::Attachment, &a.bytes).map_err(PrepareError::Blob)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        if !a.content_id.is_empty() {
+            cid_urls.insert(a.content_id.clone(), download_url(public_url, org_id, &id));
+        }
+        attachments.push(StoredAttachment {
+            id,
+            name: a.name.clone(),
+            content_type: a.content_type.clone(),
+            size: i64::try_from(a.bytes.len()).unwrap_or(i64::MAX),
+            sha256,
+            content_id: a.content_id.clone(),
+            is_inline: a.is_inline,
+        });
+    }
+
+    let html = parse::sanitize_html(&mail.html, &cid_urls);
+    let html_only = mail.text.trim().is_empty() && !mail.html.trim().is_empty();
+    let text = if html_only { parse::html_to_text(&mail.html, limits.max_html_to_text_bytes) } else { mail.text.clone() };
+    // The longer body is the one a person reads, so it is the one whose language counts.
+    let language = if !html_only && html.len() > text.len() {
+        parse::detect_language(&parse::html_to_text(&html, limits.max_html_to_text_bytes))
+    } else {
+        parse::detect_language(&text)
+    };
+    // Attachment bytes are on disk now; keep the parsed mail light in memory.
+    let mut mail = mail;
+    for a in &mut mail.attachments {
+        a.bytes = Vec::new();
+    }
+    Ok(Prepared {
+        mail,
+        text,
+        html,
+        language,
+        raw_sha256,
+        attachments,
+    })
+}
+
+/// Where an attachment is served: `{public_url}/organizations/{org}/attachments/{id}/download/`.
+pub fn download_url(public_url: &str, org_id: i64, attachment_id: &str) -> String {
+    format!("{}/organizations/{org_id}/attachments/{attachment_id}/download/", public_url.trim_end_matches('/'))
+}

@@ -1,0 +1,294 @@
+//! Decides what a prepared message becomes and writes it: the customer, threading and
+//! policy steps in order, then the ticket, message and attachment rows.
+
+use super::parse::{AuthResult, Mailbox};
+use super::policy::{autoreply, bounce, cc, loops, spam};
+use super::prepare::Prepared;
+use super::route::{Route, RouteCache};
+use super::thread::{self, ReplyTokens, Sender, ThreadedBy};
+use super::{Envelope, Outcome, customer, log_outcome};
+use crate::address::normalize;
+use crate::config::PolicyConfig;
+use crate::store::tickets::{self, Customer, NewAttachment, NewMessage, NewTicket, Ticket, TicketState};
+use crate::store::{Store, StoreError, Tx, now};
+
+/// Subjects are capped here (SPEC 1).
+const MAX_SUBJECT_CHARS: usize = 255;
+
+/// Everything one message's decision reads.
+pub(super) struct Context<'a> {
+    pub route: &'a Route,
+    pub envelope: &'a Envelope,
+    pub prepared: &'a Prepared,
+    pub tokens: &'a ReplyTokens,
+    pub policy: &'a PolicyConfig,
+    pub routes: &'a RouteCache,
+    pub store: &'a Store,
+}
+
+/// A failure deciding or writing one message.
+pub(super) enum Error {
+    Store(StoreError),
+    Unusable(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// Runs the decision steps and writes the result inside `tx`.
+pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Error> {
+    let mail = &ctx.prepared.mail;
+    let org = &ctx.route.entry.org;
+    let raw_sha = ctx.prepared.raw_sha256.as_str();
+
+    let from = sender_of(ctx).ok_or_else(|| Error::Unusable("no sender address in From, Sender or the envelope".into()))?;
+    let from_norm = normalize(&from.email).ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
+
+    if loops::is_own_address(ctx.routes, ctx.store, &from.email).await? {
+        let detail = format!("From {} is one of the gateway's own inbox addresses", from.email);
+        tracing::warn!(org = org.id, %detail, "mail loop dropped");
+        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "loop", &detail, None, None).await?;
+        return Ok(Outcome::Loop);
+    }
+
+    if let Some((ticket_id, message_id)) = tickets::dedupe_key_exists(tx, org.id, &mail.dedupe_key).await? {
+        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "duplicate", "same content stored before", Some(ticket_id), Some(message_id)).await?;
+        return Ok(Outcome::Duplicate { ticket_id, message_id });
+    }
+
+    if let Some(report) = &mail.bounce {
+        let linked = bounce::apply(tx, ctx.route, report, ctx.tokens).await?;
+        let detail = match linked {
+            Some(l) => format!("{} (outgoing message {})", report.reason(), l.message_id),
+            None => format!("{} (about no message of ours)", report.reason()),
+        };
+        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "bounce", &detail, linked.map(|l| l.ticket_id), linked.map(|l| l.message_id)).await?;
+        return Ok(Outcome::Bounce {
+            linked_message_id: linked.map(|l| l.message_id),
+        });
+    }
+
+    let customer = customer::resolve(tx, org.id, &from, &from_norm).await?;
+    let agent = ctx.route.entry.agent(&from_norm).cloned();
+    let auth: Vec<AuthResult> = if org.authserv_id.is_empty() {
+        Vec::new()
+    } else {
+        // Only the organization's own server's verdicts count: anyone can write this header.
+        mail.headers.auth_results().into_iter().filter(|a| a.authserv_id.eq_ignore_ascii_case(&org.authserv_id)).collect()
+    };
+    let sender = Sender {
+        email_norm: &from_norm,
+        is_agent: agent.is_some(),
+        authenticated: auth.iter().any(AuthResult::passed),
+    };
+    let decision = thread::decide(tx, ctx.route, mail, sender, ctx.tokens, now()).await?;
+    let auto_reply = autoreply::detect(&mail.headers, ctx.envelope.mail_from.as_deref());
+    let facts = Facts {
+        from: &from,
+        customer: &customer,
+        agent_id: agent.as_ref().map(|a| a.id),
+        auth_json: if auth.is_empty() { String::new() } else { serde_json::to_string(&auth).unwrap_or_default() },
+        auto_reply,
+        thread_note: decision.notes.join("; "),
+        threaded_by: decision.by,
+    };
+    match decision.ticket {
+        None => new_ticket(tx, ctx, &facts).await,
+        Some(ticket) => append(tx, ctx, &facts, ticket).await,
+    }
+}
+
+/// What the steps found out, handed to the writers.
+struct Facts<'a> {
+    from: &'a Mailbox,
+    customer: &'a Customer,
+    agent_id: Option<i64>,
+    auth_json: String,
+    auto_reply: Option<String>,
+    thread_note: String,
+    threaded_by: ThreadedBy,
+}
+
+/// From, else Sender, else the envelope sender: the first usable address.
+fn sender_of(ctx: &Context<'_>) -> Option<Mailbox> {
+    let mail = &ctx.prepared.mail;
+    mail.from
+        .clone()
+        .filter(|m| normalize(&m.email).is_some())
+        .or_else(|| mail.sender.clone().filter(|m| normalize(&m.email).is_some()))
+        .or_else(|| {
+            let env = ctx.envelope.mail_from.as_deref()?;
+            normalize(env).map(|_| Mailbox {
+                email: env.trim_matches(['<', '>']).to_string(),
+                name: String::new(),
+            })
+        })
+}
+
+async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Outcome, Error> {
+    let org = &ctx.route.entry.org;
+    let p = ctx.prepared;
+    let mail = &p.mail;
+    let spam_reason = if f.customer.is_spam {
+        Some("customer is marked as spam".to_string())
+    } else if let Some(v) = spam::upstream_verdict(&mail.headers) {
+        Some(format!("upstream filter: {v}"))
+    } else {
+        spam::rate_limited(tx, org.id, f.customer.id, ctx.policy, now()).await?
+    };
+    let creation = cc::creation_list(&ctx.route.entry, mail, &f.customer.email);
+    let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &f.customer.email);
+    let subject = ticket_subject(&mail.subject);
+    let (ticket_id, public_id) = tickets::insert_ticket(
+        tx,
+        &NewTicket {
+            organization_id: org.id,
+            inbox_id: ctx.route.inbox.id,
+            customer_id: f.customer.id,
+            subject: &subject,
+            status: "created",
+            waiting_on: "associate",
+            is_spam: spam_reason.is_some(),
+            origin: "email",
+            description: &p.text,
+            description_html: &p.html,
+            external_recipient_emails: &creation,
+            language: &p.language,
+            has_attachments: !p.attachments.is_empty(),
+            created_by_role: "customer",
+            created_by_user_id: None,
+        },
+    )
+    .await?;
+    let message_id = insert_message(tx, ctx, f, ticket_id, "customer", &snapshot, spam_reason.as_deref().unwrap_or("")).await?;
+    Ok(Outcome::Created {
+        ticket_id,
+        public_id,
+        message_id,
+    })
+}
+
+async fn append(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket: Ticket) -> Result<Outcome, Error> {
+    let org = &ctx.route.entry.org;
+    let mail = &ctx.prepared.mail;
+    let requester = tickets::customer_by_id(tx, org.id, ticket.customer_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("customer {} of ticket {}", ticket.customer_id, ticket.id)))?;
+    let is_requester = normalize(&requester.email) == normalize(&f.from.email);
+    let role = if is_requester {
+        "customer"
+    } else if f.agent_id.is_some() {
+        "associate"
+    } else {
+        "cc"
+    };
+    let snapshot = if role == "associate" { Vec::new() } else { cc::message_snapshot(&ctx.route.entry, mail, &requester.email) };
+    let upstream_spam = spam::upstream_verdict(&mail.headers).map(|v| format!("upstream filter: {v}"));
+    let spam_reason = if f.customer.is_spam { Some("customer is marked as spam".to_string()) } else { upstream_spam };
+    let message_id = insert_message(tx, ctx, f, ticket.id, role, &snapshot, spam_reason.as_deref().unwrap_or("")).await?;
+
+    // Spam, automatic mail and internal notes are stored but change nothing (SPEC 2.5, 2.9).
+    let processed = role != "associate" && f.auto_reply.is_none() && spam_reason.is_none() && !ticket.is_spam;
+    if processed {
+        let next = if thread::is_closed(&ticket.status) {
+            TicketState {
+                status: "active".into(),
+                waiting_on: "associate".into(),
+                classification: String::new(),
+                closed_at: None,
+            }
+        } else {
+            TicketState {
+                status: match ticket.status.as_str() {
+                    "pending_customer" | "pending_associate" | "reopened" => "active".into(),
+                    other => other.to_string(),
+                },
+                waiting_on: "associate".into(),
+                classification: ticket.classification.clone(),
+                closed_at: ticket.closed_at,
+            }
+        };
+        tickets::update_ticket_state(tx, org.id, ticket.id, &next).await?;
+    }
+    tickets::touch_ticket(tx, org.id, ticket.id, !ctx.prepared.attachments.is_empty()).await?;
+    Ok(Outcome::Appended {
+        ticket_id: ticket.id,
+        public_id: ticket.public_id,
+        message_id,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_message(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket_id: i64, role: &str, snapshot: &[String], spam_reason: &str) -> Result<i64, Error> {
+    let org_id = ctx.route.entry.org.id;
+    let p = ctx.prepared;
+    let mail = &p.mail;
+    let in_reply_to = mail.in_reply_to.join(" ");
+    let references = mail.references.join(" ");
+    let reply_to = mail.reply_to.iter().map(|m| m.email.as_str()).collect::<Vec<_>>().join(", ");
+    let mut notes = mail.notes.clone();
+    if let Some(a) = &f.auto_reply {
+        notes.push(format!("automatic mail ({a}): no state change, no acknowledgement"));
+    }
+    let message_id = tickets::insert_message(
+        tx,
+        &NewMessage {
+            organization_id: org_id,
+            ticket_id,
+            role,
+            direction: "inbound",
+            author_user_id: if role == "associate" { f.agent_id } else { None },
+            sender_customer_id: if role == "associate" { None } else { Some(f.customer.id) },
+            sender_email: &f.from.email,
+            sender_name: &f.from.name,
+            content: &p.text,
+            content_html: &p.html,
+            is_visible_to_customer: role != "associate",
+            external_recipient_emails: snapshot,
+            subject: &mail.subject,
+            message_id_header: mail.message_id.as_deref(),
+            in_reply_to: &in_reply_to,
+            references_header: &references,
+            reply_to: &reply_to,
+            threaded_by: f.threaded_by.as_str(),
+            thread_note: &f.thread_note,
+            auth_results: &f.auth_json,
+            is_auto_reply: f.auto_reply.is_some(),
+            spam_reason,
+            processing_notes: &notes.join("\n"),
+            language: &p.language,
+            raw_sha256: Some(&p.raw_sha256),
+            dedupe_key: Some(&mail.dedupe_key),
+            delivery_state: None,
+        },
+    )
+    .await?;
+    for a in &p.attachments {
+        tickets::insert_attachment(
+            tx,
+            &NewAttachment {
+                id: &a.id,
+                organization_id: org_id,
+                ticket_id,
+                message_id,
+                name: &a.name,
+                content_type: &a.content_type,
+                size: a.size,
+                sha256: &a.sha256,
+                content_id: &a.content_id,
+                is_inline: a.is_inline,
+            },
+        )
+        .await?;
+    }
+    Ok(message_id)
+}
+
+/// The subject a ticket shows: one line, at most 255 characters, never empty.
+fn ticket_subject(subject: &str) -> String {
+    let s: String = subject.trim().chars().take(MAX_SUBJECT_CHARS).collect();
+    if s.is_empty() { "(no subject)".into() } else { s }
+}

@@ -1,0 +1,137 @@
+//! Which ticket a message belongs to (SPEC 2.3), and why. The first rule that matches wins.
+
+mod subject_tag;
+pub mod token;
+
+use chrono::{DateTime, Utc};
+
+pub use subject_tag::find_tags;
+pub use token::ReplyTokens;
+
+use super::parse::ParsedMail;
+use super::route::Route;
+use crate::store::tickets::{self, Ticket};
+use crate::store::{StoreError, Tx};
+
+/// The rule that placed a message, stored on it as `threaded_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadedBy {
+    ReplyToken,
+    InReplyTo,
+    References,
+    SubjectTag,
+    NewTicket,
+}
+
+impl ThreadedBy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreadedBy::ReplyToken => "reply_token",
+            ThreadedBy::InReplyTo => "in_reply_to",
+            ThreadedBy::References => "references",
+            ThreadedBy::SubjectTag => "subject_tag",
+            ThreadedBy::NewTicket => "new_ticket",
+        }
+    }
+}
+
+/// The threading decision: an existing ticket or a new one, with the reason.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub ticket: Option<Ticket>,
+    pub by: ThreadedBy,
+    /// Why a candidate was passed over (forged token, foreign tag, closed too long ago).
+    pub notes: Vec<String>,
+}
+
+/// What threading needs to know about the sender.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub email_norm: &'a str,
+    pub is_agent: bool,
+    /// DKIM or DMARC passed per the organization's own `Authentication-Results`.
+    pub authenticated: bool,
+}
+
+/// Applies the threading rules in order.
+pub async fn decide(tx: &mut Tx, route: &Route, mail: &ParsedMail, sender: Sender<'_>, tokens: &ReplyTokens, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+    let org = &route.entry.org;
+    let mut notes = Vec::new();
+
+    // Rule 1: a signed token in the recipient's +detail.
+    if let Some(detail) = route.detail.as_deref().filter(|d| d.starts_with(['t', 'T'])) {
+        match tokens.verify_reply(org.id, detail) {
+            Some(ticket_id) => match tickets::ticket_by_id(tx, org.id, ticket_id).await? {
+                Some(t) => return reopen_window(t, ThreadedBy::ReplyToken, notes, org.reopen_window_days, now),
+                None => notes.push(format!("reply token names ticket {ticket_id}, which does not exist")),
+            },
+            None => notes.push(format!("reply token {detail:?} did not verify and was ignored")),
+        }
+    }
+
+    // Rule 2: In-Reply-To, then References from the newest.
+    let mut ids: Vec<(String, ThreadedBy)> = mail.in_reply_to.iter().map(|i| (i.clone(), ThreadedBy::InReplyTo)).collect();
+    ids.extend(mail.references.iter().rev().take(50).map(|i| (i.clone(), ThreadedBy::References)));
+    if !ids.is_empty() {
+        let only_ids: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
+        if let Some((matched, message)) = tickets::find_by_message_ids(tx, org.id, &only_ids).await? {
+            let by = ids.iter().find(|(i, _)| *i == matched).map_or(ThreadedBy::References, |(_, b)| *b);
+            if let Some(t) = tickets::ticket_by_id(tx, org.id, message.ticket_id).await? {
+                return reopen_window(t, by, notes, org.reopen_window_days, now);
+            }
+        }
+    }
+
+    // Rule 3: a subject tag, from a participant of that ticket only.
+    for public_id in find_tags(&mail.subject, &org.subject_tag_prefix) {
+        let Some(t) = tickets::ticket_by_public_id(tx, org.id, public_id).await? else {
+            notes.push(format!("subject tag #{public_id} names no ticket"));
+            continue;
+        };
+        if org.require_authenticated_sender && !sender.authenticated {
+            notes.push(format!("subject tag #{public_id} ignored: sender not authenticated (DKIM/DMARC) and the organization requires it"));
+            continue;
+        }
+        let requester = tickets::customer_by_id(tx, org.id, t.customer_id).await?.and_then(|c| crate::address::normalize(&c.email));
+        let participant = sender.is_agent
+            || requester.as_deref() == Some(sender.email_norm)
+            || tickets::ticket_snapshot_addresses(tx, org.id, &t).await?.iter().any(|a| a == sender.email_norm);
+        if participant {
+            return reopen_window(t, ThreadedBy::SubjectTag, notes, org.reopen_window_days, now);
+        }
+        notes.push(format!("subject tag #{public_id} ignored: {} is not a participant of that ticket", sender.email_norm));
+    }
+
+    Ok(Decision {
+        ticket: None,
+        by: ThreadedBy::NewTicket,
+        notes,
+    })
+}
+
+/// Closed statuses, current and legacy.
+pub fn is_closed(status: &str) -> bool {
+    matches!(status, "closed" | "resolved" | "invalid")
+}
+
+/// A reply to a ticket closed longer than the window opens a new ticket instead.
+fn reopen_window(t: Ticket, by: ThreadedBy, mut notes: Vec<String>, window_days: i64, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+    if is_closed(&t.status)
+        && let Some(closed_at) = t.closed_at
+        && now - closed_at > chrono::Duration::days(window_days)
+    {
+        notes.push(format!(
+            "ticket #{} matched by {} but was closed {} days ago (reopen window {window_days} days): new ticket",
+            t.public_id,
+            by.as_str(),
+            (now - closed_at).num_days()
+        ));
+        return Ok(Decision {
+            ticket: None,
+            by: ThreadedBy::NewTicket,
+            notes,
+        });
+    }
+    Ok(Decision { ticket: Some(t), by, notes })
+}

@@ -1,0 +1,268 @@
+//! One store over SQLite and PostgreSQL: two typed pools, shared SQL with `$N` placeholders.
+//!
+//! Every query is written once and compiled against both backends by [`with_tx!`], so a
+//! type mismatch on either backend is a compile error, not a runtime surprise.
+
+pub mod blobs;
+pub mod orgs;
+pub mod quarantine;
+pub mod tickets;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+/// Runs `$body` with `$c` bound to the transaction's connection, once per backend.
+#[macro_export]
+macro_rules! with_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::store::Tx::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+/// A failure of the database or the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (database down, busy, full disk); false for bugs and bad data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Io(_) => true,
+            StoreError::Db(e) => db_error_is_transient(e),
+            StoreError::Migrate(_) | StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+
+    /// True for a unique-key violation (a concurrent insert of the same row).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
+    }
+}
+
+fn db_error_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+            // SQLite primary codes (low byte of the extended code): BUSY 5, LOCKED 6, NOMEM 7,
+            // READONLY 8, IOERR 10, FULL 13, CANTOPEN 14, PROTOCOL 15.
+            if let Ok(n) = code.parse::<i64>() {
+                return matches!(n & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15);
+            }
+            // PostgreSQL classes: 08 connection, 53 resources, 57 operator intervention,
+            // 58 system error, 40001/40P01 serialization failure and deadlock.
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code.starts_with("58") || code == "40001" || code == "40P01"
+        }
+        _ => false,
+    }
+}
+
+/// Which database engine a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: one pool of the configured backend.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A transaction on either backend.
+pub enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` or `postgres://...`); creates a SQLite file and its folder when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk when it returns, which is what a 250 promises.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.clamp(1, 8))
+                .acquire_timeout(Duration::from_secs(15))
+                .connect_with(options)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(15))
+                .connect_with(options)
+                .await?;
+            Ok(Store::Postgres(pool))
+        }
+    }
+
+    /// Creates or upgrades the schema.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Store::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// The engine behind this store.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Begins a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so two writers queue on the busy timeout instead of failing on lock upgrade.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Store::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Begins a transaction that only reads.
+    pub async fn begin_read(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_read().await?;
+        with_tx!(&mut tx, |c| sqlx::query("SELECT 1").execute(c).await
+        .map(|r| r.rows_affected()))?;
+        tx.rollback().await
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(p) => p.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+impl Tx {
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
+
+    /// Marks a savepoint so one message of a batch can fail without undoing the others.
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        with_tx!(self, |c| sqlx::query("SAVEPOINT one_message").execute(c).await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Keeps the work since [`Tx::savepoint`].
+    pub async fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message").execute(c).await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Undoes the work since [`Tx::savepoint`].
+    pub async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        with_tx!(self, |c| sqlx::query("ROLLBACK TO SAVEPOINT one_message").execute(c).await
+        .map(|r| r.rows_affected()))?;
+        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message").execute(c).await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+}
+
+/// Current time truncated to microseconds, the precision both backends keep.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{SubsecRound, Utc};
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Encodes a list of strings for a JSON text column.
+pub fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// Decodes a JSON text column holding a list of strings; corrupt values read as empty.
+pub fn parse_json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Removes NUL characters: PostgreSQL text cannot hold them, and no mail needs them.
+pub fn clean_text(s: &str) -> String {
+    if s.contains('\0') { s.replace('\0', "") } else { s.to_string() }
+}
+
+/// Opens the configured store, runs migrations, and returns it.
+pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    let store = Store::connect(url, max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// True when `path` looks like a SQLite URL's file (used to prepare folders).
+pub fn sqlite_path(url: &str) -> Option<&Path> {
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).map(|p| Path::new(p.split('?').next().unwrap_or(p)))
+}

@@ -1,0 +1,557 @@
+//! Customers, tickets, messages, attachments and the inbound log.
+
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, Tx, clean_text, json_list, now};
+use crate::with_tx;
+
+/// A customer row.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Customer {
+    pub id: i64,
+    #[serde(skip)]
+    pub organization_id: i64,
+    pub name: String,
+    pub email: String,
+    pub is_spam: bool,
+}
+
+/// A ticket row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Ticket {
+    pub id: i64,
+    pub organization_id: i64,
+    pub public_id: i64,
+    pub inbox_id: i64,
+    pub customer_id: i64,
+    pub assignee_id: Option<i64>,
+    pub subject: String,
+    pub status: String,
+    pub waiting_on: String,
+    pub classification: String,
+    pub is_spam: bool,
+    pub origin: String,
+    pub description: String,
+    pub description_html: String,
+    pub external_recipient_emails: String,
+    pub tags: String,
+    pub language: String,
+    pub has_attachments: bool,
+    pub customer_visible_reply_count: i64,
+    pub created_by_role: String,
+    pub created_by_user_id: Option<i64>,
+    pub summary: String,
+    pub sentiment_analysis_class: String,
+    pub csat_rating: Option<i64>,
+    pub csat_comment: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const TICKET_COLUMNS: &str = "id, organization_id, public_id, inbox_id, customer_id, assignee_id, subject, status, waiting_on, classification, is_spam, origin, description, description_html, external_recipient_emails, tags, language, has_attachments, customer_visible_reply_count, created_by_role, created_by_user_id, summary, sentiment_analysis_class, csat_rating, csat_comment, closed_at, created_at, updated_at";
+
+/// A message row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Message {
+    pub id: i64,
+    pub organization_id: i64,
+    pub ticket_id: i64,
+    pub role: String,
+    pub direction: String,
+    pub author_user_id: Option<i64>,
+    pub sender_customer_id: Option<i64>,
+    pub sender_email: String,
+    pub sender_name: String,
+    pub content: String,
+    pub content_html: String,
+    pub is_visible_to_customer: bool,
+    pub external_recipient_emails: String,
+    pub subject: String,
+    pub message_id_header: Option<String>,
+    pub in_reply_to: String,
+    pub references_header: String,
+    pub reply_to: String,
+    pub threaded_by: String,
+    pub thread_note: String,
+    pub auth_results: String,
+    pub is_auto_reply: bool,
+    pub spam_reason: String,
+    pub processing_notes: String,
+    pub language: String,
+    pub raw_sha256: Option<String>,
+    pub delivery_state: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const MESSAGE_COLUMNS: &str = "id, organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name, content, content_html, is_visible_to_customer, external_recipient_emails, subject, message_id_header, in_reply_to, references_header, reply_to, threaded_by, thread_note, auth_results, is_auto_reply, spam_reason, processing_notes, language, raw_sha256, delivery_state, created_at, updated_at";
+
+/// An attachment row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Attachment {
+    pub id: String,
+    pub organization_id: i64,
+    pub ticket_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_id: String,
+    pub is_inline: bool,
+}
+
+/// Finds the customer with this address, creating it when new; fills an empty name.
+pub async fn find_or_create_customer(tx: &mut Tx, org_id: i64, email: &str, email_norm: &str, name: &str) -> Result<Customer, StoreError> {
+    let ts = now();
+    let name = clean_text(name.trim());
+    with_tx!(tx, |c| sqlx::query(
+        "INSERT INTO customers (organization_id, name, email, email_norm, is_spam, created_at, updated_at) VALUES ($1, $2, $3, $4, FALSE, $5, $5)
+         ON CONFLICT (organization_id, email_norm) DO NOTHING"
+    )
+    .bind(org_id)
+    .bind(&name)
+    .bind(clean_text(email))
+    .bind(email_norm)
+    .bind(ts)
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected()))?;
+    if !name.is_empty() {
+        with_tx!(tx, |c| sqlx::query("UPDATE customers SET name = $3, updated_at = $4 WHERE organization_id = $1 AND email_norm = $2 AND name = ''")
+            .bind(org_id)
+            .bind(email_norm)
+            .bind(&name)
+            .bind(ts)
+            .execute(c)
+            .await
+        .map(|r| r.rows_affected()))?;
+    }
+    customer_by_email(tx, org_id, email_norm).await?.ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}")))
+}
+
+/// The customer of `org_id` with this normalized address.
+pub async fn customer_by_email(tx: &mut Tx, org_id: i64, email_norm: &str) -> Result<Option<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND email_norm = $2")
+        .bind(org_id)
+        .bind(email_norm)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// A customer by id within an organization.
+pub async fn customer_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// Every customer of an organization, by id.
+pub async fn list_customers(tx: &mut Tx, org_id: i64) -> Result<Vec<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 ORDER BY id")
+        .bind(org_id)
+        .fetch_all(c)
+        .await)?)
+}
+
+/// Sets a customer's spam flag.
+pub async fn set_customer_spam(tx: &mut Tx, org_id: i64, customer_id: i64, is_spam: bool) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query("UPDATE customers SET is_spam = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(customer_id)
+        .bind(is_spam)
+        .bind(now())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A ticket by primary key within an organization.
+pub async fn ticket_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND id = $2"));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(id).fetch_optional(c).await)?)
+}
+
+/// A ticket by its per-organization number.
+pub async fn ticket_by_public_id(tx: &mut Tx, org_id: i64, public_id: i64) -> Result<Option<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND public_id = $2"));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(public_id).fetch_optional(c).await)?)
+}
+
+/// Every ticket of an organization, spam included, by number.
+pub async fn list_tickets(tx: &mut Tx, org_id: i64) -> Result<Vec<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 ORDER BY public_id"));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).fetch_all(c).await)?)
+}
+
+/// The messages of a ticket, oldest first.
+pub async fn list_messages(tx: &mut Tx, org_id: i64, ticket_id: i64) -> Result<Vec<Message>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND ticket_id = $2 ORDER BY id"));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(ticket_id).fetch_all(c).await)?)
+}
+
+/// The attachments of a message.
+pub async fn list_attachments(tx: &mut Tx, org_id: i64, message_id: i64) -> Result<Vec<Attachment>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as(
+        "SELECT id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline FROM attachments
+         WHERE organization_id = $1 AND message_id = $2 ORDER BY created_at, id"
+    )
+    .bind(org_id)
+    .bind(message_id)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// The message (and its ticket) that carries one of these Message-IDs, trying them in order.
+pub async fn find_by_message_ids(tx: &mut Tx, org_id: i64, ids: &[String]) -> Result<Option<(String, Message)>, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND message_id_header = $2 ORDER BY id LIMIT 1");
+    for id in ids {
+        let found: Option<Message> = with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(org_id).bind(id).fetch_optional(c).await)?;
+        if let Some(m) = found {
+            return Ok(Some((id.clone(), m)));
+        }
+    }
+    Ok(None)
+}
+
+/// True when a message with this duplicate key is stored already.
+pub async fn dedupe_key_exists(tx: &mut Tx, org_id: i64, key: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND dedupe_key = $2")
+        .bind(org_id)
+        .bind(key)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// Addresses of the ticket's participants: its creation-time list and every message's CC snapshot.
+pub async fn ticket_snapshot_addresses(tx: &mut Tx, org_id: i64, ticket: &Ticket) -> Result<Vec<String>, StoreError> {
+    let lists: Vec<String> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT external_recipient_emails FROM messages WHERE organization_id = $1 AND ticket_id = $2 AND external_recipient_emails <> '[]'"
+    )
+    .bind(org_id)
+    .bind(ticket.id)
+    .fetch_all(c)
+    .await)?;
+    let mut out: Vec<String> = super::parse_json_list(&ticket.external_recipient_emails);
+    for l in lists {
+        out.extend(super::parse_json_list(&l));
+    }
+    let mut norm: Vec<String> = out.iter().filter_map(|a| crate::address::normalize(a)).collect();
+    norm.sort();
+    norm.dedup();
+    Ok(norm)
+}
+
+/// Tickets a customer opened by mail since `since`.
+pub async fn count_tickets_since(tx: &mut Tx, org_id: i64, customer_id: i64, since: DateTime<Utc>) -> Result<i64, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tickets WHERE organization_id = $1 AND customer_id = $2 AND origin = 'email' AND created_at > $3"
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(since)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// Takes the next ticket number. The counter row stays locked until commit, so numbers are
+/// gap-free: a rolled-back ticket gives its number back.
+pub async fn next_public_id(tx: &mut Tx, org_id: i64) -> Result<i64, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+        "UPDATE ticket_counters SET last_public_id = last_public_id + 1 WHERE organization_id = $1 RETURNING last_public_id"
+    )
+    .bind(org_id)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// A ticket to insert.
+#[derive(Debug, Clone)]
+pub struct NewTicket<'a> {
+    pub organization_id: i64,
+    pub inbox_id: i64,
+    pub customer_id: i64,
+    pub subject: &'a str,
+    pub status: &'a str,
+    pub waiting_on: &'a str,
+    pub is_spam: bool,
+    pub origin: &'a str,
+    pub description: &'a str,
+    pub description_html: &'a str,
+    pub external_recipient_emails: &'a [String],
+    pub language: &'a str,
+    pub has_attachments: bool,
+    pub created_by_role: &'a str,
+    pub created_by_user_id: Option<i64>,
+}
+
+/// Inserts a ticket with the next number; returns `(id, public_id)`.
+pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64), StoreError> {
+    let public_id = next_public_id(tx, t.organization_id).await?;
+    let ts = now();
+    let id: i64 = with_tx!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO tickets (organization_id, public_id, inbox_id, customer_id, subject, status, waiting_on, classification, is_spam, origin,
+            description, description_html, external_recipient_emails, tags, language, has_attachments, created_by_role, created_by_user_id,
+            created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, '', $8, $9, $10, $11, $12, '[]', $13, $14, $15, $16, $17, $17) RETURNING id"
+    )
+    .bind(t.organization_id)
+    .bind(public_id)
+    .bind(t.inbox_id)
+    .bind(t.customer_id)
+    .bind(clean_text(t.subject))
+    .bind(t.status)
+    .bind(t.waiting_on)
+    .bind(t.is_spam)
+    .bind(t.origin)
+    .bind(clean_text(t.description))
+    .bind(clean_text(t.description_html))
+    .bind(json_list(t.external_recipient_emails))
+    .bind(t.language)
+    .bind(t.has_attachments)
+    .bind(t.created_by_role)
+    .bind(t.created_by_user_id)
+    .bind(ts)
+    .fetch_one(c)
+    .await)?;
+    Ok((id, public_id))
+}
+
+/// The state fields an inbound message may change on its ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketState {
+    pub status: String,
+    pub waiting_on: String,
+    pub classification: String,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// Writes a ticket's workflow state.
+pub async fn update_ticket_state(tx: &mut Tx, org_id: i64, ticket_id: i64, s: &TicketState) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE tickets SET status = $3, waiting_on = $4, classification = $5, closed_at = $6, updated_at = $7 WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(ticket_id)
+    .bind(&s.status)
+    .bind(&s.waiting_on)
+    .bind(&s.classification)
+    .bind(s.closed_at)
+    .bind(now())
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Marks a ticket as having attachments and touches it.
+pub async fn touch_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64, has_attachments: bool) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE tickets SET has_attachments = (has_attachments OR $3), updated_at = $4 WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(ticket_id)
+    .bind(has_attachments)
+    .bind(now())
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A message to insert.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage<'a> {
+    pub organization_id: i64,
+    pub ticket_id: i64,
+    pub role: &'a str,
+    pub direction: &'a str,
+    pub author_user_id: Option<i64>,
+    pub sender_customer_id: Option<i64>,
+    pub sender_email: &'a str,
+    pub sender_name: &'a str,
+    pub content: &'a str,
+    pub content_html: &'a str,
+    pub is_visible_to_customer: bool,
+    pub external_recipient_emails: &'a [String],
+    pub subject: &'a str,
+    pub message_id_header: Option<&'a str>,
+    pub in_reply_to: &'a str,
+    pub references_header: &'a str,
+    pub reply_to: &'a str,
+    pub threaded_by: &'a str,
+    pub thread_note: &'a str,
+    pub auth_results: &'a str,
+    pub is_auto_reply: bool,
+    pub spam_reason: &'a str,
+    pub processing_notes: &'a str,
+    pub language: &'a str,
+    pub raw_sha256: Option<&'a str>,
+    pub dedupe_key: Option<&'a str>,
+    pub delivery_state: Option<&'a str>,
+}
+
+/// Inserts a message; returns its id. A duplicate key surfaces as a unique violation.
+pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<i64, StoreError> {
+    let ts = now();
+    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO messages (organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name,
+            content, content_html, is_visible_to_customer, external_recipient_emails, subject, message_id_header, in_reply_to,
+            references_header, reply_to, threaded_by, thread_note, auth_results, is_auto_reply, spam_reason, processing_notes, language,
+            raw_sha256, dedupe_key, delivery_state, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $28)
+         RETURNING id"
+    )
+    .bind(m.organization_id)
+    .bind(m.ticket_id)
+    .bind(m.role)
+    .bind(m.direction)
+    .bind(m.author_user_id)
+    .bind(m.sender_customer_id)
+    .bind(clean_text(m.sender_email))
+    .bind(clean_text(m.sender_name))
+    .bind(clean_text(m.content))
+    .bind(clean_text(m.content_html))
+    .bind(m.is_visible_to_customer)
+    .bind(json_list(m.external_recipient_emails))
+    .bind(clean_text(m.subject))
+    .bind(m.message_id_header.map(clean_text))
+    .bind(clean_text(m.in_reply_to))
+    .bind(clean_text(m.references_header))
+    .bind(clean_text(m.reply_to))
+    .bind(m.threaded_by)
+    .bind(clean_text(m.thread_note))
+    .bind(clean_text(m.auth_results))
+    .bind(m.is_auto_reply)
+    .bind(m.spam_reason)
+    .bind(clean_text(m.processing_notes))
+    .bind(m.language)
+    .bind(m.raw_sha256)
+    .bind(m.dedupe_key)
+    .bind(m.delivery_state)
+    .bind(ts)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// An attachment to insert.
+#[derive(Debug, Clone)]
+pub struct NewAttachment<'a> {
+    pub id: &'a str,
+    pub organization_id: i64,
+    pub ticket_id: i64,
+    pub message_id: i64,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub size: i64,
+    pub sha256: &'a str,
+    pub content_id: &'a str,
+    pub is_inline: bool,
+}
+
+/// Inserts an attachment row (its bytes are in the blob store already).
+pub async fn insert_attachment(tx: &mut Tx, a: &NewAttachment<'_>) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "INSERT INTO attachments (id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )
+    .bind(a.id)
+    .bind(a.organization_id)
+    .bind(a.ticket_id)
+    .bind(a.message_id)
+    .bind(clean_text(a.name))
+    .bind(clean_text(a.content_type))
+    .bind(a.size)
+    .bind(a.sha256)
+    .bind(clean_text(a.content_id))
+    .bind(a.is_inline)
+    .bind(now())
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Records a message's outgoing delivery state (`failed`, `delayed`, ...).
+pub async fn set_delivery_state(tx: &mut Tx, org_id: i64, message_id: i64, state: &str) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query("UPDATE messages SET delivery_state = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(message_id)
+        .bind(state)
+        .bind(now())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// One row of the inbound log.
+#[derive(Debug, Clone)]
+pub struct InboundLog<'a> {
+    pub organization_id: i64,
+    pub recipient: &'a str,
+    pub source: &'a str,
+    pub raw_sha256: &'a str,
+    pub outcome: &'a str,
+    pub detail: &'a str,
+    pub ticket_id: Option<i64>,
+    pub message_id: Option<i64>,
+}
+
+/// Records what became of a delivery.
+pub async fn log_inbound(tx: &mut Tx, l: &InboundLog<'_>) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "INSERT INTO inbound_log (organization_id, recipient, source, raw_sha256, outcome, detail, ticket_id, message_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    )
+    .bind(l.organization_id)
+    .bind(clean_text(l.recipient))
+    .bind(l.source)
+    .bind(l.raw_sha256)
+    .bind(l.outcome)
+    .bind(clean_text(l.detail))
+    .bind(l.ticket_id)
+    .bind(l.message_id)
+    .bind(now())
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// `(ticket_id, id)` of an outgoing message.
+pub async fn outbound_message(tx: &mut Tx, org_id: i64, message_id: i64) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as(
+        "SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND id = $2 AND direction = 'outbound'"
+    )
+    .bind(org_id)
+    .bind(message_id)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// An inbound log row, for people and fixtures.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InboundLogRow {
+    pub id: i64,
+    pub recipient: String,
+    pub source: String,
+    pub outcome: String,
+    pub detail: String,
+    pub ticket_id: Option<i64>,
+    pub message_id: Option<i64>,
+}
+
+/// The inbound log of an organization, oldest first.
+pub async fn list_inbound_log(tx: &mut Tx, org_id: i64) -> Result<Vec<InboundLogRow>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as(
+        "SELECT id, recipient, source, outcome, detail, ticket_id, message_id FROM inbound_log WHERE organization_id = $1 ORDER BY id"
+    )
+    .bind(org_id)
+    .fetch_all(c)
+    .await)?)
+}
