@@ -1,1 +1,8 @@
-//! Integration tests.
+//! One integration-test binary: shared helpers, one module per feature.
+
+mod helpers;
+
+mod cli;
+mod corpus;
+mod fixtures;
+mod pipeline;
