@@ -1,1 +1,296 @@
-//! (being written)
+//! The command line as an MTA or an operator drives it: exit codes, config errors, admin commands.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::helpers::{binary, drop_postgres, fresh_postgres};
+
+/// A command with a private database, data dir and secret, so tests never share state.
+fn gateway(dir: &Path, db_url: &str) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.current_dir(dir)
+        .env_remove("INITDESK_CONFIG")
+        .env("INITDESK_DATABASE_URL", db_url)
+        .env("INITDESK_STORAGE_DATA_DIR", dir.join("data"))
+        .env("INITDESK_OUTBOUND_SECRET_FILE", dir.join("data/secret"))
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("data/gateway.db").display())
+}
+
+fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const MAIL: &[u8] = b"From: Alice <alice@example.com>\r\nTo: help@shop.test\r\nSubject: Where is my order?\r\nMessage-ID: <o1@example.com>\r\n\r\nIt has been a week.\r\n";
+
+/// `org create`, `inbox create`, `user create`, `token create`, then a delivery into the new inbox.
+fn admin_flow(dir: &Path, url: &str) {
+    let mut c = gateway(dir, url);
+    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test", "--domain", "shop.example"]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let org = json(&out);
+    let org_id = org["id"].as_i64().expect("id");
+    assert!(org["token"].as_str().is_some_and(|t| t.len() > 30), "{org}");
+
+    let mut c = gateway(dir, url);
+    c.args(["inbox", "create", "--org", &org_id.to_string(), "--prefix", "help", "--name", "Help desk", "--auto-acknowledge"]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let inbox = json(&out);
+    assert_eq!(inbox["email_prefix"], "help");
+    assert_eq!(inbox["auto_acknowledge"], true);
+
+    let mut c = gateway(dir, url);
+    c.args(["user", "create", "--org", &org_id.to_string(), "--email", "sam@shop.test", "--name", "Sam"]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["email"], "sam@shop.test");
+
+    let mut c = gateway(dir, url);
+    c.args(["token", "create", "--org", &org_id.to_string()]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_ne!(json(&out)["token"], org["token"], "a new token each time");
+
+    let mut c = gateway(dir, url);
+    c.args(["token", "create", "--org", "999"]);
+    let out = run(c, b"");
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("--org 999"), "{}", stderr(&out));
+
+    // Deliver: stored (0), then again (duplicate, still 0), unknown recipient (67).
+    let mut c = gateway(dir, url);
+    c.args(["deliver", "--recipient", "help+orders@shop.test"]);
+    let out = run(c, MAIL);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"], "created");
+    assert_eq!(json(&out)["public_id"], 1);
+
+    let mut c = gateway(dir, url);
+    c.args(["deliver", "--recipient", "help@shop.example"]);
+    let out = run(c, MAIL);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"], "duplicate");
+
+    let mut c = gateway(dir, url);
+    c.args(["deliver", "--recipient", "nobody@shop.test"]);
+    let out = run(c, MAIL);
+    assert_eq!(code(&out), 67, "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown recipient"), "{}", stderr(&out));
+}
+
+#[test]
+fn admin_commands_and_deliver_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    admin_flow(dir.path(), &sqlite_url(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_and_deliver_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, name) = fresh_postgres().await;
+    let path = dir.path().to_path_buf();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || admin_flow(&path, &u)).await.expect("join");
+    drop_postgres(&name).await;
+}
+
+#[test]
+fn deliver_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = sqlite_url(dir.path());
+    let mut c = gateway(dir.path(), &url);
+    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test"]);
+    assert_eq!(code(&run(c, b"")), 0);
+    let mut c = gateway(dir.path(), &url);
+    c.args(["inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help"]);
+    assert_eq!(code(&run(c, b"")), 0);
+
+    // 65: empty input, and a message with no sender at all.
+    let mut c = gateway(dir.path(), &url);
+    c.args(["deliver", "--recipient", "help@shop.test"]);
+    assert_eq!(code(&run(c, b"")), 65);
+    let mut c = gateway(dir.path(), &url);
+    c.args(["deliver", "--recipient", "help@shop.test"]);
+    let out = run(c, b"Subject: nobody sent this\r\n\r\nbody\r\n");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no sender"), "{}", stderr(&out));
+    // ... but the envelope sender rescues it.
+    let mut c = gateway(dir.path(), &url);
+    c.args(["deliver", "--recipient", "help@shop.test", "--sender", "bob@example.com"]);
+    let out = run(c, b"Subject: nobody sent this\r\n\r\nbody\r\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // From a file instead of stdin.
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, MAIL).expect("write");
+    let mut c = gateway(dir.path(), &url);
+    c.args(["deliver", "--recipient", "help@shop.test"]).arg(&file);
+    assert_eq!(code(&run(c, b"")), 0);
+
+    // 75: the database cannot be reached; the MTA keeps the mail and retries.
+    let mut c = gateway(dir.path(), "postgres://postgres@127.0.0.1:1/none");
+    c.args(["deliver", "--recipient", "help@shop.test"]);
+    let out = run(c, MAIL);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let mut c = gateway(dir.path(), "sqlite:///dev/null/cannot/gateway.db");
+    c.args(["deliver", "--recipient", "help@shop.test"]);
+    assert_eq!(code(&run(c, MAIL)), 75);
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = sqlite_url(dir.path());
+    let cases: [(&str, &str); 5] = [
+        ("[smtp]\nlisen = \"127.0.0.1:25\"\n", "lisen"),
+        ("[http]\nlisten = \"not an address\"\n", "http.listen"),
+        ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+        ("[[organizations]]\nname = \"A\"\ndomains = []\n", "organizations[0].domains"),
+        ("[smtp]\nmax_message_bytes = \"lots\"\n", "max_message_bytes"),
+    ];
+    for (toml, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, toml).expect("write");
+        let mut c = gateway(dir.path(), &url);
+        // The environment would override database.url; here the file must speak.
+        c.env_remove("INITDESK_DATABASE_URL").arg("migrate").arg("--config").arg(&path);
+        let out = run(c, b"");
+        assert_eq!(code(&out), 78, "config {toml:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(key), "config {toml:?} should name {key}: {}", stderr(&out));
+    }
+    // A missing file is an error too, also when named by INITDESK_CONFIG.
+    let mut c = gateway(dir.path(), &url);
+    c.env("INITDESK_CONFIG", dir.path().join("missing.toml")).arg("migrate");
+    let out = run(c, b"");
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    // Environment overrides are checked the same way.
+    let mut c = gateway(dir.path(), &url);
+    c.env("INITDESK_SMTP_MAX_MESSAGE_BYTES", "many").arg("migrate");
+    let out = run(c, b"");
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("max_message_bytes"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_file_declares_organizations_and_env_overrides_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"sqlite://ignored.db\"\n\n[[organizations]]\nname = \"Acme\"\ndomains = [\"acme.test\"]\n\n  [[organizations.inboxes]]\n  email_prefix = \"support\"\n  name = \"Support\"\n\n  [[organizations.users]]\n  email = \"agent@acme.test\"\n  name = \"Agent\"\n",
+    )
+    .expect("write");
+    let url = sqlite_url(dir.path());
+    // INITDESK_DATABASE_URL (set by gateway()) wins over the file's database.url.
+    let mut c = gateway(dir.path(), &url);
+    c.args(["deliver", "--recipient", "support@acme.test", "--config"]).arg(&path);
+    let out = run(c, b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(dir.path().join("data/gateway.db").exists(), "the environment override chose the database");
+    assert!(!dir.path().join("ignored.db").exists());
+    // Applying the same config again (every start-up does) changes nothing and fails nothing.
+    let mut c = gateway(dir.path(), &url);
+    c.arg("migrate").arg("--config").arg(&path);
+    assert_eq!(code(&run(c, b"")), 0);
+}
+
+#[test]
+fn replay_prints_a_diff_for_a_failing_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let case = dir.path().join("cases/wrong");
+    std::fs::create_dir_all(&case).expect("mkdir");
+    std::fs::write(case.join("01.eml"), MAIL.iter().copied().collect::<Vec<u8>>()).expect("eml");
+    std::fs::write(
+        case.join("expected.yaml"),
+        "description: expects the wrong status\nexpect:\n  outcomes: [created]\n  tickets:\n    - status: closed\n      subject: Where is my order?\n",
+    )
+    .expect("yaml");
+    let mut c = Command::new(binary());
+    c.arg("replay").arg(dir.path().join("cases")).env("RUST_LOG", "warn");
+    let out = run(c, b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{stdout}");
+    assert!(stdout.contains("tickets[0].status: expected closed, found created"), "{stdout}");
+    assert!(stdout.contains("-- status: closed") && stdout.contains("+- status: created"), "a unified diff: {stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+
+    let mut c = Command::new(binary());
+    c.arg("replay").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cases/thread-in-reply-to")).env("RUST_LOG", "warn");
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Two processes at once (an MTA running several pipe deliveries): numbers stay 1..N.
+fn parallel_delivers(dir: &Path, url: &str) {
+    let mut c = gateway(dir, url);
+    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test"]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut c = gateway(dir, url);
+    c.args(["inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help"]);
+    assert_eq!(code(&run(c, b"")), 0);
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            let mut c = gateway(dir, url);
+            c.args(["deliver", "--recipient", "help@shop.test"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = c.spawn().expect("spawn");
+            let body = format!("From: c{i}@example.com\r\nSubject: request {i}\r\nMessage-ID: <p{i}@example.com>\r\n\r\nhello {i}\r\n");
+            if let Some(mut input) = child.stdin.take() {
+                input.write_all(body.as_bytes()).expect("stdin");
+            }
+            child
+        })
+        .collect();
+    let mut ids: Vec<i64> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            json(&out)["public_id"].as_i64().expect("public_id")
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=12).collect::<Vec<i64>>());
+}
+
+#[test]
+fn parallel_processes_number_without_gaps_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    parallel_delivers(dir.path(), &sqlite_url(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_processes_number_without_gaps_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, name) = fresh_postgres().await;
+    let path = dir.path().to_path_buf();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || parallel_delivers(&path, &u)).await.expect("join");
+    drop_postgres(&name).await;
+}
