@@ -294,3 +294,52 @@ async fn parallel_processes_number_without_gaps_postgres() {
     tokio::task::spawn_blocking(move || parallel_delivers(&path, &u)).await.expect("join");
     drop_postgres(&name).await;
 }
+
+/// A free port on 127.0.0.1 (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // No config file and no database variables: the embedded defaults (SQLite under ./data/).
+    let mut child = Command::new(binary())
+        .current_dir(dir.path())
+        .env_remove("INITDESK_CONFIG")
+        .env_remove("INITDESK_DATABASE_URL")
+        .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut ready = None;
+    for _ in 0..100 {
+        if let Some(r) = http_get(port, "/readyz") {
+            ready = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ready = ready.expect("serve answers /readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(http_get(port, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    assert!(dir.path().join("data/gateway.db").exists(), "SQLite under ./data/ by default");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM: {}", stderr(&out));
+    assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
+}
