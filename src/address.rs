@@ -10,7 +10,9 @@ pub struct AddrSpec {
 impl AddrSpec {
     /// The local part before any `+tag` (sub-addressing).
     pub fn base_local(&self) -> &str {
-        self.local.split_once('+').map_or(self.local.as_str(), |(base, _)| base)
+        self.local
+            .split_once('+')
+            .map_or(self.local.as_str(), |(base, _)| base)
     }
 
     /// The `+tag` after the base local part, if any.
@@ -21,7 +23,11 @@ impl AddrSpec {
 
 /// Parses `local@domain` (angle brackets and surrounding space allowed).
 pub fn parse_addr_spec(raw: &str) -> Option<AddrSpec> {
-    let s = raw.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    let s = raw
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
     let (local, domain) = s.rsplit_once('@')?;
     if !is_local_part(local) || !is_domain(domain) {
         return None;
@@ -41,7 +47,14 @@ pub fn normalize(raw: &str) -> Option<String> {
 pub fn is_local_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| !c.is_control() && !c.is_whitespace() && !matches!(c, '@' | '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\'))
+        && s.chars().all(|c| {
+            !c.is_control()
+                && !c.is_whitespace()
+                && !matches!(
+                    c,
+                    '@' | '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\'
+                )
+        })
 }
 
 /// A DNS domain: labels of letters, digits and hyphens (IDNs in their Unicode form are accepted).
@@ -49,7 +62,11 @@ pub fn is_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|label| {
-            !label.is_empty() && label.len() <= 63 && !label.starts_with('-') && !label.ends_with('-') && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
 }
 
@@ -67,13 +84,25 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "no-at", "a@", "@b.c", "a b@c.d", "a@b..c", "a@-b.c", "a\r\nBcc: x@y.z"] {
+        for bad in [
+            "",
+            "no-at",
+            "a@",
+            "@b.c",
+            "a b@c.d",
+            "a@b..c",
+            "a@-b.c",
+            "a\r\nBcc: x@y.z",
+        ] {
             assert!(parse_addr_spec(bad).is_none(), "{bad:?}");
         }
     }
 
     #[test]
     fn normalizes_case() {
-        assert_eq!(normalize(" Alice@Example.COM ").as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            normalize(" Alice@Example.COM ").as_deref(),
+            Some("alice@example.com")
+        );
     }
 }

@@ -185,7 +185,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     if !config.organizations.is_empty() {
         let mut tx = store.begin().await?;
         for org in &config.organizations {
-            orgs::apply_config(&mut tx, org).await.with_context(|| format!("applying organization {:?} from the configuration", org.name))?;
+            orgs::apply_config(&mut tx, org).await.with_context(|| {
+                format!(
+                    "applying organization {:?} from the configuration",
+                    org.name
+                )
+            })?;
         }
         tx.commit().await?;
     }
@@ -205,7 +210,10 @@ pub fn redact(url: &str) -> String {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<u8> {
@@ -227,16 +235,25 @@ async fn org(config: &Config, cmd: OrgCommand) -> anyhow::Result<u8> {
     let org = orgs::create_org(&mut tx, &orgs::NewOrg::named(&name, &domains)).await?;
     let token = orgs::create_token(&mut tx, org.id).await?;
     tx.commit().await?;
-    print_json(&json!({"id": org.id, "public_id": org.public_id, "name": org.name, "domains": org.domains, "token": token}));
+    print_json(
+        &json!({"id": org.id, "public_id": org.public_id, "name": org.name, "domains": org.domains, "token": token}),
+    );
     Ok(exit::OK)
 }
 
 async fn require_org(tx: &mut store::Tx, id: i64) -> anyhow::Result<orgs::Org> {
-    orgs::get_org(tx, id).await?.with_context(|| format!("--org {id}: no such organization"))
+    orgs::get_org(tx, id)
+        .await?
+        .with_context(|| format!("--org {id}: no such organization"))
 }
 
 async fn inbox(config: &Config, cmd: InboxCommand) -> anyhow::Result<u8> {
-    let InboxCommand::Create { org, prefix, name, auto_acknowledge } = cmd;
+    let InboxCommand::Create {
+        org,
+        prefix,
+        name,
+        auto_acknowledge,
+    } = cmd;
     if !crate::address::is_local_part(&prefix) || prefix.contains('+') {
         anyhow::bail!("--prefix {prefix:?} is not a valid local part without '+'");
     }
@@ -245,7 +262,9 @@ async fn inbox(config: &Config, cmd: InboxCommand) -> anyhow::Result<u8> {
     require_org(&mut tx, org).await?;
     let inbox = orgs::create_inbox(&mut tx, org, &prefix, &name, auto_acknowledge).await?;
     tx.commit().await?;
-    print_json(&json!({"id": inbox.id, "organization": org, "name": inbox.name, "email_prefix": inbox.email_prefix, "auto_acknowledge": inbox.auto_acknowledge}));
+    print_json(
+        &json!({"id": inbox.id, "organization": org, "name": inbox.name, "email_prefix": inbox.email_prefix, "auto_acknowledge": inbox.auto_acknowledge}),
+    );
     Ok(exit::OK)
 }
 
@@ -256,7 +275,9 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<u8> {
     require_org(&mut tx, org).await?;
     let user = orgs::create_user(&mut tx, org, &email, &name).await?;
     tx.commit().await?;
-    print_json(&json!({"id": user.id, "organization": org, "email": user.email, "name": user.name}));
+    print_json(
+        &json!({"id": user.id, "organization": org, "email": user.email, "name": user.name}),
+    );
     Ok(exit::OK)
 }
 
@@ -276,7 +297,10 @@ async fn deliver(config: &Config, args: DeliverArgs) -> ExitCode {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map(|_| buf).context("reading stdin")
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+                .context("reading stdin")
         }
     };
     let raw = match raw {
@@ -301,7 +325,10 @@ async fn deliver(config: &Config, args: DeliverArgs) -> ExitCode {
     let pipeline = match Pipeline::from_config(config, store.clone()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("initdesk-gateway deliver: cannot read or create {}: {e}", config.outbound.secret_file.display());
+            eprintln!(
+                "initdesk-gateway deliver: cannot read or create {}: {e}",
+                config.outbound.secret_file.display()
+            );
             return ExitCode::from(exit::TEMPFAIL);
         }
     };
@@ -311,14 +338,19 @@ async fn deliver(config: &Config, args: DeliverArgs) -> ExitCode {
     store.close().await;
     let (code, report) = match result {
         Ok(outcome) => (exit::OK, outcome_json(&outcome)),
-        Err(e @ IngestError::UnknownRecipient(_)) => (exit::NOUSER, json!({"error": e.to_string()})),
+        Err(e @ IngestError::UnknownRecipient(_)) => {
+            (exit::NOUSER, json!({"error": e.to_string()}))
+        }
         Err(e @ IngestError::Unusable(_)) => (exit::DATAERR, json!({"error": e.to_string()})),
         Err(e) => (exit::TEMPFAIL, json!({"error": e.to_string()})),
     };
     if code == exit::OK {
         print_json(&report);
     } else {
-        eprintln!("initdesk-gateway deliver: {}", report["error"].as_str().unwrap_or_default());
+        eprintln!(
+            "initdesk-gateway deliver: {}",
+            report["error"].as_str().unwrap_or_default()
+        );
     }
     ExitCode::from(code)
 }
@@ -326,13 +358,29 @@ async fn deliver(config: &Config, args: DeliverArgs) -> ExitCode {
 /// An outcome as JSON for command output.
 pub fn outcome_json(outcome: &Outcome) -> serde_json::Value {
     match outcome {
-        Outcome::Created { ticket_id, public_id, message_id } | Outcome::Appended { ticket_id, public_id, message_id } => {
+        Outcome::Created {
+            ticket_id,
+            public_id,
+            message_id,
+        }
+        | Outcome::Appended {
+            ticket_id,
+            public_id,
+            message_id,
+        } => {
             json!({"outcome": outcome.kind(), "ticket_id": ticket_id, "public_id": public_id, "message_id": message_id})
         }
-        Outcome::Duplicate { ticket_id, message_id } => json!({"outcome": "duplicate", "ticket_id": ticket_id, "message_id": message_id}),
+        Outcome::Duplicate {
+            ticket_id,
+            message_id,
+        } => json!({"outcome": "duplicate", "ticket_id": ticket_id, "message_id": message_id}),
         Outcome::Loop => json!({"outcome": "loop"}),
-        Outcome::Bounce { linked_message_id } => json!({"outcome": "bounce", "message_id": linked_message_id}),
-        Outcome::Quarantined { id, reason } => json!({"outcome": "quarantined", "quarantine_id": id, "reason": reason}),
+        Outcome::Bounce { linked_message_id } => {
+            json!({"outcome": "bounce", "message_id": linked_message_id})
+        }
+        Outcome::Quarantined { id, reason } => {
+            json!({"outcome": "quarantined", "quarantine_id": id, "reason": reason})
+        }
     }
 }
 
@@ -355,8 +403,16 @@ async fn replay_cmd(args: ReplayArgs) -> ExitCode {
     for r in &failed {
         println!("\n=== {} ===\n{}", r.name, r.diff);
     }
-    println!("\n{} passed, {} failed", reports.len() - failed.len(), failed.len());
-    ExitCode::from(if failed.is_empty() { exit::OK } else { exit::FAILURE })
+    println!(
+        "\n{} passed, {} failed",
+        reports.len() - failed.len(),
+        failed.len()
+    );
+    ExitCode::from(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }
 
 async fn reprocess(config: &Config, args: ReprocessArgs) -> anyhow::Result<u8> {
@@ -365,7 +421,8 @@ async fn reprocess(config: &Config, args: ReprocessArgs) -> anyhow::Result<u8> {
         return Ok(exit::USAGE);
     }
     let store = open_store(config).await?;
-    let pipeline = Pipeline::from_config(config, store.clone()).context("reading the reply-token secret")?;
+    let pipeline =
+        Pipeline::from_config(config, store.clone()).context("reading the reply-token secret")?;
     let ids = if args.all {
         let mut tx = store.begin_read().await?;
         let open = quarantine::list_open(&mut tx, None).await?;
@@ -389,5 +446,9 @@ async fn reprocess(config: &Config, args: ReprocessArgs) -> anyhow::Result<u8> {
         }
     }
     store.close().await;
-    Ok(if still_failing == 0 { exit::OK } else { exit::FAILURE })
+    Ok(if still_failing == 0 {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }

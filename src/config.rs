@@ -16,7 +16,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration (SPEC 5.1.1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub database: DatabaseConfig,
@@ -258,21 +258,6 @@ impl Default for PolicyConfig {
         }
     }
 }
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            database: DatabaseConfig::default(),
-            storage: StorageConfig::default(),
-            smtp: SmtpConfig::default(),
-            http: HttpConfig::default(),
-            outbound: OutboundConfig::default(),
-            limits: LimitsConfig::default(),
-            policy: PolicyConfig::default(),
-            organizations: Vec::new(),
-        }
-    }
-}
-
 impl Config {
     /// Loads defaults, then `file` (or `INITDESK_CONFIG`), then `INITDESK_<SECTION>_<KEY>` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -299,15 +284,27 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return bad("database.url", "must start with sqlite:// or postgres://");
         }
-        for (key, addr) in [("smtp.listen", &self.smtp.listen), ("http.listen", &self.http.listen)] {
+        for (key, addr) in [
+            ("smtp.listen", &self.smtp.listen),
+            ("http.listen", &self.http.listen),
+        ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return bad(key, &format!("{addr:?} is not an address:port"));
             }
         }
-        if !self.smtp.lmtp_listen.is_empty() && self.smtp.lmtp_listen.parse::<std::net::SocketAddr>().is_err() {
+        if !self.smtp.lmtp_listen.is_empty()
+            && self
+                .smtp
+                .lmtp_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
             return bad("smtp.lmtp_listen", "is not an address:port");
         }
         if self.smtp.tls_cert.is_empty() != self.smtp.tls_key.is_empty() {
@@ -316,11 +313,16 @@ impl Config {
         if self.smtp.max_message_bytes == 0 {
             return bad("smtp.max_message_bytes", "must be greater than 0");
         }
-        if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
+        if !(self.http.public_url.starts_with("http://")
+            || self.http.public_url.starts_with("https://"))
+        {
             return bad("http.public_url", "must start with http:// or https://");
         }
         if self.policy.rate_limit_tickets < 1 || self.policy.rate_limit_window_secs < 1 {
-            return bad("policy.rate_limit_tickets", "the rate limit and its window must be positive");
+            return bad(
+                "policy.rate_limit_tickets",
+                "the rate limit and its window must be positive",
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, org) in self.organizations.iter().enumerate() {
@@ -343,22 +345,39 @@ impl Config {
                 return bad(&key("reopen_window_days"), "must not be negative");
             }
             for (j, inbox) in org.inboxes.iter().enumerate() {
-                if !crate::address::is_local_part(&inbox.email_prefix) || inbox.email_prefix.contains('+') {
-                    return bad(&key(&format!("inboxes[{j}].email_prefix")), "is not a valid local part without '+'");
+                if !crate::address::is_local_part(&inbox.email_prefix)
+                    || inbox.email_prefix.contains('+')
+                {
+                    return bad(
+                        &key(&format!("inboxes[{j}].email_prefix")),
+                        "is not a valid local part without '+'",
+                    );
                 }
                 if let Some(imap) = &inbox.imap {
                     if !["implicit", "starttls", "none"].contains(&imap.tls.as_str()) {
-                        return bad(&key(&format!("inboxes[{j}].imap.tls")), "must be implicit, starttls or none");
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.tls")),
+                            "must be implicit, starttls or none",
+                        );
                     }
                     let after = imap.after.as_str();
-                    if !(after == "seen" || after == "delete" || after.strip_prefix("move:").is_some_and(|f| !f.is_empty())) {
-                        return bad(&key(&format!("inboxes[{j}].imap.after")), "must be seen, delete or move:FOLDER");
+                    if !(after == "seen"
+                        || after == "delete"
+                        || after.strip_prefix("move:").is_some_and(|f| !f.is_empty()))
+                    {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.after")),
+                            "must be seen, delete or move:FOLDER",
+                        );
                     }
                 }
             }
             for (j, user) in org.users.iter().enumerate() {
                 if crate::address::parse_addr_spec(&user.email).is_none() {
-                    return bad(&key(&format!("users[{j}].email")), "is not an email address");
+                    return bad(
+                        &key(&format!("users[{j}].email")),
+                        "is not an email address",
+                    );
                 }
             }
         }
@@ -384,7 +403,12 @@ fn describe_figment_error(err: figment::Error) -> String {
     err.into_iter()
         .map(|e| {
             let path = e.path.join(".");
-            let src = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
+            let src = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
             if path.is_empty() {
                 format!("{}{src}", e.kind)
             } else {
@@ -409,7 +433,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[smtp]\nlisten = \"127.0.0.1:25\"\nlisen = 1\n").expect("write");
-        let err = Config::load(Some(&path)).expect_err("unknown key must fail").to_string();
+        let err = Config::load(Some(&path))
+            .expect_err("unknown key must fail")
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 
@@ -418,7 +444,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[http]\nlisten = \"nowhere\"\n").expect("write");
-        let err = Config::load(Some(&path)).expect_err("bad listen").to_string();
+        let err = Config::load(Some(&path))
+            .expect_err("bad listen")
+            .to_string();
         assert!(err.contains("http.listen"), "{err}");
     }
 }

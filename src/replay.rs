@@ -18,7 +18,10 @@ use crate::store::{self, Store, StoreError, orgs, quarantine};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Case { path: PathBuf, message: String },
     #[error("database: {0}")]
@@ -116,7 +119,10 @@ pub async fn run_dir(dir: &Path, db: &CaseDatabase) -> Result<Vec<CaseReport>, R
     if dir.join("expected.yaml").exists() {
         return Ok(vec![run_case(dir, db).await?]);
     }
-    let mut cases: Vec<PathBuf> = read_dir(dir)?.into_iter().filter(|p| p.join("expected.yaml").exists()).collect();
+    let mut cases: Vec<PathBuf> = read_dir(dir)?
+        .into_iter()
+        .filter(|p| p.join("expected.yaml").exists())
+        .collect();
     cases.sort();
     if cases.is_empty() {
         return Err(ReplayError::Case {
@@ -132,22 +138,40 @@ pub async fn run_dir(dir: &Path, db: &CaseDatabase) -> Result<Vec<CaseReport>, R
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ReplayError> {
-    let io = |source| ReplayError::Io { path: dir.to_path_buf(), source };
-    std::fs::read_dir(dir).map_err(io)?.map(|e| e.map(|e| e.path()).map_err(io)).collect()
+    let io = |source| ReplayError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()).map_err(io))
+        .collect()
 }
 
 /// Runs one case folder against a fresh database.
 pub async fn run_case(dir: &Path, db: &CaseDatabase) -> Result<CaseReport, ReplayError> {
     let case_path = dir.join("expected.yaml");
-    let text = std::fs::read_to_string(&case_path).map_err(|source| ReplayError::Io { path: case_path.clone(), source })?;
+    let text = std::fs::read_to_string(&case_path).map_err(|source| ReplayError::Io {
+        path: case_path.clone(),
+        source,
+    })?;
     let case: CaseFile = serde_yaml_ng::from_str(&text).map_err(|e| ReplayError::Case {
         path: case_path.clone(),
         message: e.to_string(),
     })?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = tempfile::tempdir().map_err(|source| ReplayError::Io { path: std::env::temp_dir(), source })?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::tempdir().map_err(|source| ReplayError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
     let (url, pg_guard) = match db {
-        CaseDatabase::Sqlite => (format!("sqlite://{}", tmp.path().join("gateway.db").display()), None),
+        CaseDatabase::Sqlite => (
+            format!("sqlite://{}", tmp.path().join("gateway.db").display()),
+            None,
+        ),
         CaseDatabase::Postgres(base) => {
             let guard = TempPostgres::create(base).await?;
             (guard.url.clone(), Some(guard))
@@ -159,10 +183,20 @@ pub async fn run_case(dir: &Path, db: &CaseDatabase) -> Result<CaseReport, Repla
     }
     let actual = result?;
     let (passed, diff) = compare(&case.expect, &actual);
-    Ok(CaseReport { name, passed, diff, actual })
+    Ok(CaseReport {
+        name,
+        passed,
+        diff,
+        actual,
+    })
 }
 
-async fn run_in(dir: &Path, case: &CaseFile, url: &str, data_dir: &Path) -> Result<Value, ReplayError> {
+async fn run_in(
+    dir: &Path,
+    case: &CaseFile,
+    url: &str,
+    data_dir: &Path,
+) -> Result<Value, ReplayError> {
     let store = store::open(url, 4).await?;
     let world = case.organizations.clone().unwrap_or_else(default_world);
     {
@@ -177,12 +211,23 @@ async fn run_in(dir: &Path, case: &CaseFile, url: &str, data_dir: &Path) -> Resu
         policy: case.policy.clone().unwrap_or_default(),
         public_url: "http://gateway.test".into(),
     };
-    let pipeline = Pipeline::new(store.clone(), Arc::new(FsBlobStore::new(data_dir.join("blobs"))), settings, ReplyTokens::new(b"fixture-secret".to_vec()));
-    let default_recipient = case.recipient.clone().unwrap_or_else(|| "support@acme.test".into());
+    let pipeline = Pipeline::new(
+        store.clone(),
+        Arc::new(FsBlobStore::new(data_dir.join("blobs"))),
+        settings,
+        ReplyTokens::new(b"fixture-secret".to_vec()),
+    );
+    let default_recipient = case
+        .recipient
+        .clone()
+        .unwrap_or_else(|| "support@acme.test".into());
     let steps = match &case.steps {
         Some(steps) => steps.iter().map(StepRef::Given).collect::<Vec<_>>(),
         None => {
-            let mut emls: Vec<PathBuf> = read_dir(dir)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "eml")).collect();
+            let mut emls: Vec<PathBuf> = read_dir(dir)?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .collect();
             emls.sort();
             emls.into_iter().map(StepRef::File).collect()
         }
@@ -191,21 +236,30 @@ async fn run_in(dir: &Path, case: &CaseFile, url: &str, data_dir: &Path) -> Resu
     let first_org = world.first().map(|o| o.name.clone()).unwrap_or_default();
     for step in steps {
         match step {
-            StepRef::File(path) => outcomes.push(deliver(&pipeline, &path, &default_recipient, None).await?),
+            StepRef::File(path) => {
+                outcomes.push(deliver(&pipeline, &path, &default_recipient, None).await?)
+            }
             StepRef::Given(step) => {
                 let org_name = step.org.clone().unwrap_or_else(|| first_org.clone());
                 if let Some(file) = &step.deliver {
                     let to = step.to.clone().unwrap_or_else(|| default_recipient.clone());
-                    outcomes.push(deliver(&pipeline, &dir.join(file), &to, step.mail_from.clone()).await?);
+                    outcomes.push(
+                        deliver(&pipeline, &dir.join(file), &to, step.mail_from.clone()).await?,
+                    );
                 } else if let Some(public_id) = step.close {
                     close_ticket(&store, &org_name, public_id, step.days_ago.unwrap_or(0)).await?;
                 } else if let Some(email) = &step.mark_spam {
                     mark_spam(&store, &org_name, email).await?;
                 } else if let Some(message_id) = &step.agent_reply {
-                    let ticket = step.ticket.ok_or_else(|| case_error(dir, "agent_reply needs ticket"))?;
+                    let ticket = step
+                        .ticket
+                        .ok_or_else(|| case_error(dir, "agent_reply needs ticket"))?;
                     agent_reply(&store, &org_name, ticket, message_id).await?;
                 } else {
-                    return Err(case_error(dir, "a step needs one of deliver, close, mark_spam, agent_reply"));
+                    return Err(case_error(
+                        dir,
+                        "a step needs one of deliver, close, mark_spam, agent_reply",
+                    ));
                 }
             }
         }
@@ -227,8 +281,16 @@ fn case_error(dir: &Path, message: &str) -> ReplayError {
     }
 }
 
-async fn deliver(pipeline: &Pipeline, path: &Path, to: &str, mail_from: Option<String>) -> Result<String, ReplayError> {
-    let raw = std::fs::read(path).map_err(|source| ReplayError::Io { path: path.to_path_buf(), source })?;
+async fn deliver(
+    pipeline: &Pipeline,
+    path: &Path,
+    to: &str,
+    mail_from: Option<String>,
+) -> Result<String, ReplayError> {
+    let raw = std::fs::read(path).map_err(|source| ReplayError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut envelope = Envelope::to(to, Source::Replay);
     envelope.mail_from = mail_from;
     Ok(match pipeline.ingest(&raw, &envelope).await {
@@ -243,13 +305,23 @@ async fn org_id(store: &Store, name: &str) -> Result<i64, ReplayError> {
     let mut tx = store.begin_read().await?;
     let orgs = orgs::list_orgs(&mut tx).await?;
     tx.rollback().await?;
-    orgs.into_iter().find(|o| o.name == name).map(|o| o.id).ok_or_else(|| ReplayError::Store(StoreError::NotFound(format!("organization {name}"))))
+    orgs.into_iter()
+        .find(|o| o.name == name)
+        .map(|o| o.id)
+        .ok_or_else(|| ReplayError::Store(StoreError::NotFound(format!("organization {name}"))))
 }
 
-async fn close_ticket(store: &Store, org: &str, public_id: i64, days_ago: i64) -> Result<(), ReplayError> {
+async fn close_ticket(
+    store: &Store,
+    org: &str,
+    public_id: i64,
+    days_ago: i64,
+) -> Result<(), ReplayError> {
     let org_id = org_id(store, org).await?;
     let mut tx = store.begin().await?;
-    let ticket = tickets::ticket_by_public_id(&mut tx, org_id, public_id).await?.ok_or_else(|| StoreError::NotFound(format!("ticket #{public_id}")))?;
+    let ticket = tickets::ticket_by_public_id(&mut tx, org_id, public_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("ticket #{public_id}")))?;
     let state = TicketState {
         status: "closed".into(),
         waiting_on: String::new(),
@@ -263,7 +335,8 @@ async fn close_ticket(store: &Store, org: &str, public_id: i64, days_ago: i64) -
 
 async fn mark_spam(store: &Store, org: &str, email: &str) -> Result<(), ReplayError> {
     let org_id = org_id(store, org).await?;
-    let norm = crate::address::normalize(email).ok_or_else(|| StoreError::NotFound(format!("address {email}")))?;
+    let norm = crate::address::normalize(email)
+        .ok_or_else(|| StoreError::NotFound(format!("address {email}")))?;
     let mut tx = store.begin().await?;
     let customer = tickets::find_or_create_customer(&mut tx, org_id, email, &norm, "").await?;
     tickets::set_customer_spam(&mut tx, org_id, customer.id, true).await?;
@@ -271,10 +344,17 @@ async fn mark_spam(store: &Store, org: &str, email: &str) -> Result<(), ReplayEr
     Ok(())
 }
 
-async fn agent_reply(store: &Store, org: &str, public_id: i64, message_id: &str) -> Result<(), ReplayError> {
+async fn agent_reply(
+    store: &Store,
+    org: &str,
+    public_id: i64,
+    message_id: &str,
+) -> Result<(), ReplayError> {
     let org_id = org_id(store, org).await?;
     let mut tx = store.begin().await?;
-    let ticket = tickets::ticket_by_public_id(&mut tx, org_id, public_id).await?.ok_or_else(|| StoreError::NotFound(format!("ticket #{public_id}")))?;
+    let ticket = tickets::ticket_by_public_id(&mut tx, org_id, public_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("ticket #{public_id}")))?;
     let id = crate::pipeline::parse::clean_id(message_id);
     tickets::insert_message(
         &mut tx,
@@ -337,12 +417,18 @@ async fn snapshot(store: &Store, outcomes: Vec<String>) -> Result<Value, ReplayE
                     ("content", m.content.into()),
                     ("content_html", m.content_html.into()),
                     ("language", m.language.into()),
-                    ("external_recipient_emails", list(store::parse_json_list(&m.external_recipient_emails))),
+                    (
+                        "external_recipient_emails",
+                        list(store::parse_json_list(&m.external_recipient_emails)),
+                    ),
                     ("is_auto_reply", m.is_auto_reply.into()),
                     ("spam_reason", m.spam_reason.into()),
                     ("notes", m.processing_notes.into()),
                     ("auth_results", m.auth_results.into()),
-                    ("delivery_state", m.delivery_state.map_or(Value::Null, Value::from)),
+                    (
+                        "delivery_state",
+                        m.delivery_state.map_or(Value::Null, Value::from),
+                    ),
                     ("attachments", Value::Sequence(attachments)),
                 ]));
             }
@@ -350,9 +436,23 @@ async fn snapshot(store: &Store, outcomes: Vec<String>) -> Result<Value, ReplayE
             tickets_out.push(map([
                 ("org", org.name.clone().into()),
                 ("public_id", t.public_id.into()),
-                ("inbox", inboxes.iter().find(|i| i.id == t.inbox_id).map(|i| i.email_prefix.clone()).unwrap_or_default().into()),
-                ("customer", customer.map(|c| c.email.clone()).unwrap_or_default().into()),
-                ("customer_name", customer.map(|c| c.name.clone()).unwrap_or_default().into()),
+                (
+                    "inbox",
+                    inboxes
+                        .iter()
+                        .find(|i| i.id == t.inbox_id)
+                        .map(|i| i.email_prefix.clone())
+                        .unwrap_or_default()
+                        .into(),
+                ),
+                (
+                    "customer",
+                    customer.map(|c| c.email.clone()).unwrap_or_default().into(),
+                ),
+                (
+                    "customer_name",
+                    customer.map(|c| c.name.clone()).unwrap_or_default().into(),
+                ),
                 ("subject", t.subject.into()),
                 ("status", t.status.into()),
                 ("waiting_on", t.waiting_on.into()),
@@ -361,14 +461,21 @@ async fn snapshot(store: &Store, outcomes: Vec<String>) -> Result<Value, ReplayE
                 ("origin", t.origin.into()),
                 ("language", t.language.into()),
                 ("has_attachments", t.has_attachments.into()),
-                ("external_recipient_emails", list(store::parse_json_list(&t.external_recipient_emails))),
+                (
+                    "external_recipient_emails",
+                    list(store::parse_json_list(&t.external_recipient_emails)),
+                ),
                 ("description", t.description.into()),
                 ("description_html", t.description_html.into()),
                 ("messages", Value::Sequence(messages)),
             ]));
         }
         for l in tickets::list_inbound_log(&mut tx, org.id).await? {
-            log_out.push(map([("org", org.name.clone().into()), ("outcome", l.outcome.into()), ("detail", l.detail.into())]));
+            log_out.push(map([
+                ("org", org.name.clone().into()),
+                ("outcome", l.outcome.into()),
+                ("detail", l.detail.into()),
+            ]));
         }
     }
     let quarantined = quarantine::list_open(&mut tx, None).await?;
@@ -380,7 +487,17 @@ async fn snapshot(store: &Store, outcomes: Vec<String>) -> Result<Value, ReplayE
         ("log", Value::Sequence(log_out)),
         (
             "quarantine",
-            Value::Sequence(quarantined.into_iter().map(|q| map([("recipient", q.recipient.into()), ("reason", q.reason.into())])).collect()),
+            Value::Sequence(
+                quarantined
+                    .into_iter()
+                    .map(|q| {
+                        map([
+                            ("recipient", q.recipient.into()),
+                            ("reason", q.reason.into()),
+                        ])
+                    })
+                    .collect(),
+            ),
         ),
     ]))
 }
@@ -409,7 +526,11 @@ pub fn compare(expected: &Value, actual: &Value) -> (bool, String) {
     }
     let want = serde_yaml_ng::to_string(expected).unwrap_or_default();
     let got = serde_yaml_ng::to_string(&projected).unwrap_or_default();
-    let diff = similar::TextDiff::from_lines(&want, &got).unified_diff().context_radius(3).header("expected", "actual").to_string();
+    let diff = similar::TextDiff::from_lines(&want, &got)
+        .unified_diff()
+        .context_radius(3)
+        .header("expected", "actual")
+        .to_string();
     (false, format!("{}\n{diff}", problems.join("\n")))
 }
 
@@ -420,7 +541,11 @@ fn project(expected: &Value, actual: &Value, path: &str, problems: &mut Vec<Stri
             let mut out = Mapping::new();
             for (k, ev) in e {
                 let key = k.as_str().unwrap_or_default();
-                let here = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                let here = if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                };
                 let value = project_key(key, ev, a, &here, problems);
                 out.insert(k.clone(), value);
             }
@@ -428,25 +553,47 @@ fn project(expected: &Value, actual: &Value, path: &str, problems: &mut Vec<Stri
         }
         (Value::Sequence(e), Value::Sequence(a)) => {
             if e.len() != a.len() {
-                problems.push(format!("{path}: expected {} items, found {}", e.len(), a.len()));
+                problems.push(format!(
+                    "{path}: expected {} items, found {}",
+                    e.len(),
+                    a.len()
+                ));
             }
-            let mut out: Vec<Value> = e.iter().zip(a).enumerate().map(|(i, (ev, av))| project(ev, av, &format!("{path}[{i}]"), problems)).collect();
+            let mut out: Vec<Value> = e
+                .iter()
+                .zip(a)
+                .enumerate()
+                .map(|(i, (ev, av))| project(ev, av, &format!("{path}[{i}]"), problems))
+                .collect();
             // Show the extra actual items in the diff.
             out.extend(a.iter().skip(e.len()).cloned());
             Value::Sequence(out)
         }
         _ => {
             if !scalar_eq(expected, actual) {
-                problems.push(format!("{path}: expected {}, found {}", short(expected), short(actual)));
+                problems.push(format!(
+                    "{path}: expected {}, found {}",
+                    short(expected),
+                    short(actual)
+                ));
             }
             actual.clone()
         }
     }
 }
 
-fn project_key(key: &str, ev: &Value, a: &Mapping, here: &str, problems: &mut Vec<String>) -> Value {
+fn project_key(
+    key: &str,
+    ev: &Value,
+    a: &Mapping,
+    here: &str,
+    problems: &mut Vec<String>,
+) -> Value {
     let get = |k: &str| a.get(Value::from(k));
-    if let Some(base) = key.strip_suffix("_not_contains").filter(|b| get(b).is_some()) {
+    if let Some(base) = key
+        .strip_suffix("_not_contains")
+        .filter(|b| get(b).is_some())
+    {
         let hay = get(base).map(as_text).unwrap_or_default();
         for needle in needles(ev) {
             if hay.contains(&needle) {
@@ -466,10 +613,16 @@ fn project_key(key: &str, ev: &Value, a: &Mapping, here: &str, problems: &mut Ve
         }
         return ev.clone();
     }
-    if let Some(base) = key.strip_suffix("_count").filter(|b| get(b).is_some_and(Value::is_sequence)) {
+    if let Some(base) = key
+        .strip_suffix("_count")
+        .filter(|b| get(b).is_some_and(Value::is_sequence))
+    {
         let n = get(base).and_then(Value::as_sequence).map_or(0, Vec::len);
         if ev.as_u64() != Some(n as u64) {
-            problems.push(format!("{here}: expected {} items in {base}, found {n}", short(ev)));
+            problems.push(format!(
+                "{here}: expected {} items in {base}, found {n}",
+                short(ev)
+            ));
             return Value::from(n as u64);
         }
         return ev.clone();
@@ -494,7 +647,10 @@ fn as_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Sequence(s) => s.iter().map(as_text).collect::<Vec<_>>().join("\n"),
-        other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml_ng::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -507,11 +663,21 @@ fn scalar_eq(e: &Value, a: &Value) -> bool {
 }
 
 fn short(v: &Value) -> String {
-    truncate(&serde_yaml_ng::to_string(v).unwrap_or_default().trim().replace('\n', " "), 200)
+    truncate(
+        &serde_yaml_ng::to_string(v)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+        200,
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
 }
 
 /// A database created for one case on a PostgreSQL server and dropped after it.
@@ -525,8 +691,13 @@ impl TempPostgres {
     async fn create(base_url: &str) -> Result<Self, ReplayError> {
         use sqlx::Connection;
         let name = format!("idk_case_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(base_url).await.map_err(StoreError::from)?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.map_err(StoreError::from)?;
+        let mut conn = sqlx::PgConnection::connect(base_url)
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
         conn.close().await.map_err(StoreError::from)?;
         Ok(Self {
             admin_url: base_url.to_string(),
@@ -538,7 +709,12 @@ impl TempPostgres {
     async fn drop_database(self) {
         use sqlx::Connection;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
             let _ = conn.close().await;
         }
     }
@@ -546,7 +722,9 @@ impl TempPostgres {
 
 /// `postgres://u@h:5432/test?x=y` with the database name replaced.
 pub fn replace_db_name(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -564,10 +742,15 @@ mod tests {
 
     #[test]
     fn subset_comparison() {
-        let actual: Value = serde_yaml_ng::from_str("a: 1\nb: hello world\nl: [x, y]\nm: [{k: 1, z: 2}]").expect("yaml");
-        let ok: Value = serde_yaml_ng::from_str("a: 1\nb_contains: world\nl_count: 2\nm: [{k: 1}]").expect("yaml");
+        let actual: Value =
+            serde_yaml_ng::from_str("a: 1\nb: hello world\nl: [x, y]\nm: [{k: 1, z: 2}]")
+                .expect("yaml");
+        let ok: Value = serde_yaml_ng::from_str("a: 1\nb_contains: world\nl_count: 2\nm: [{k: 1}]")
+            .expect("yaml");
         assert!(compare(&ok, &actual).0);
-        let bad: Value = serde_yaml_ng::from_str("a: 2\nb_not_contains: hello\nm: [{k: 1}, {k: 2}]").expect("yaml");
+        let bad: Value =
+            serde_yaml_ng::from_str("a: 2\nb_not_contains: hello\nm: [{k: 1}, {k: 2}]")
+                .expect("yaml");
         let (passed, diff) = compare(&bad, &actual);
         assert!(!passed);
         assert!(diff.contains("a: expected 2, found 1"), "{diff}");
@@ -577,8 +760,14 @@ mod tests {
 
     #[test]
     fn db_name_replacement() {
-        assert_eq!(replace_db_name("postgres://postgres@127.0.0.1:5432/test", "x"), "postgres://postgres@127.0.0.1:5432/x");
-        assert_eq!(replace_db_name("postgres://h/test?sslmode=disable", "x"), "postgres://h/x?sslmode=disable");
+        assert_eq!(
+            replace_db_name("postgres://postgres@127.0.0.1:5432/test", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            replace_db_name("postgres://h/test?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
         assert_eq!(replace_db_name("postgres://h", "x"), "postgres://h/x");
     }
 }

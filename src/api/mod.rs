@@ -15,5 +15,8 @@ pub struct AppState {
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz)).with_state(state)
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
 }

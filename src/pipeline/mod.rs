@@ -20,7 +20,7 @@ pub use thread::ReplyTokens;
 
 use crate::config::{Config, LimitsConfig, PolicyConfig};
 use crate::store::blobs::{BlobStore, FsBlobStore};
-use crate::store::{Store, StoreError, Tx, quarantine, tickets};
+use crate::store::{Store, StoreError, Tx, quarantine};
 use prepare::{PrepareError, Prepared};
 use route::{Route, RouteCache};
 
@@ -73,9 +73,17 @@ impl Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A new ticket with its first message.
-    Created { ticket_id: i64, public_id: i64, message_id: i64 },
+    Created {
+        ticket_id: i64,
+        public_id: i64,
+        message_id: i64,
+    },
     /// A message on an existing ticket.
-    Appended { ticket_id: i64, public_id: i64, message_id: i64 },
+    Appended {
+        ticket_id: i64,
+        public_id: i64,
+        message_id: i64,
+    },
     /// The same mail was stored before; nothing new was written.
     Duplicate { ticket_id: i64, message_id: i64 },
     /// From one of the gateway's own addresses: dropped and logged.
@@ -120,7 +128,11 @@ pub enum IngestError {
 impl IngestError {
     /// Classifies a store error: transient ones are retried, the rest quarantine the message.
     pub fn from_store(e: StoreError) -> Self {
-        if e.is_transient() { IngestError::Temporary(e) } else { IngestError::Failed(e.to_string()) }
+        if e.is_transient() {
+            IngestError::Temporary(e)
+        } else {
+            IngestError::Failed(e.to_string())
+        }
     }
 
     /// True when the sender should keep the message and try again.
@@ -162,7 +174,12 @@ pub struct Delivery {
 
 impl Pipeline {
     /// A pipeline over `store`, keeping blobs in `blobs`.
-    pub fn new(store: Store, blobs: Arc<dyn BlobStore>, settings: Settings, tokens: ReplyTokens) -> Self {
+    pub fn new(
+        store: Store,
+        blobs: Arc<dyn BlobStore>,
+        settings: Settings,
+        tokens: ReplyTokens,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -208,7 +225,11 @@ impl Pipeline {
 
     /// Checks a recipient without a message, as SMTP does at `RCPT TO`.
     pub async fn check_recipient(&self, recipient: &Recipient) -> Result<(), IngestError> {
-        self.inner.routes.resolve(&self.inner.store, recipient).await.map(|_| ())
+        self.inner
+            .routes
+            .resolve(&self.inner.store, recipient)
+            .await
+            .map(|_| ())
     }
 
     /// Ingests one message and commits it.
@@ -217,7 +238,10 @@ impl Pipeline {
             raw: raw.to_vec(),
             envelope: envelope.clone(),
         };
-        self.ingest_batch(vec![delivery]).await.pop().unwrap_or_else(|| Err(IngestError::Failed("empty batch".into())))
+        self.ingest_batch(vec![delivery])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(IngestError::Failed("empty batch".into())))
     }
 
     /// Ingests several messages in one transaction; one result per message, in order.
@@ -234,14 +258,23 @@ impl Pipeline {
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, messages = n, "batch not committed; the sender will retry");
                 (0..n)
-                    .map(|_| Err(IngestError::Temporary(StoreError::Io(std::io::Error::other(msg.clone())))))
+                    .map(|_| {
+                        Err(IngestError::Temporary(StoreError::Io(
+                            std::io::Error::other(msg.clone()),
+                        )))
+                    })
                     .collect()
             }
         }
     }
 
     async fn prepare(&self, delivery: Delivery) -> Staged {
-        let route = match self.inner.routes.resolve(&self.inner.store, &delivery.envelope.recipient).await {
+        let route = match self
+            .inner
+            .routes
+            .resolve(&self.inner.store, &delivery.envelope.recipient)
+            .await
+        {
             Ok(route) => route,
             Err(e) => return Staged::Rejected(e),
         };
@@ -250,7 +283,13 @@ impl Pipeline {
         let raw = Arc::new(delivery.raw);
         let raw_for_task = raw.clone();
         let result = tokio::task::spawn_blocking(move || {
-            prepare::prepare(&raw_for_task, org_id, &inner.settings.public_url, &inner.settings.limits, &inner.blobs)
+            prepare::prepare(
+                &raw_for_task,
+                org_id,
+                &inner.settings.public_url,
+                &inner.settings.limits,
+                &inner.blobs,
+            )
         })
         .await;
         let raw = Arc::try_unwrap(raw).unwrap_or_else(|a| a.as_ref().clone());
@@ -261,7 +300,9 @@ impl Pipeline {
                 envelope: delivery.envelope,
                 raw,
             })),
-            Ok(Err(PrepareError::Blob(e))) => Staged::Rejected(IngestError::Temporary(StoreError::Io(e))),
+            Ok(Err(PrepareError::Blob(e))) => {
+                Staged::Rejected(IngestError::Temporary(StoreError::Io(e)))
+            }
             Ok(Err(PrepareError::Parse(reason))) => Staged::Quarantine {
                 org_id: Some(org_id),
                 envelope: delivery.envelope,
@@ -277,7 +318,10 @@ impl Pipeline {
         }
     }
 
-    async fn commit_batch(&self, staged: Vec<Staged>) -> Result<Vec<Result<Outcome, IngestError>>, StoreError> {
+    async fn commit_batch(
+        &self,
+        staged: Vec<Staged>,
+    ) -> Result<Vec<Result<Outcome, IngestError>>, StoreError> {
         let mut results = Vec::with_capacity(staged.len());
         // Nothing to write (e.g. every recipient unknown): no transaction at all.
         if staged.iter().all(|s| matches!(s, Staged::Rejected(_))) {
@@ -293,7 +337,15 @@ impl Pipeline {
         for item in staged {
             let result = match item {
                 Staged::Rejected(e) => Err(e),
-                Staged::Quarantine { org_id, envelope, raw, reason } => self.quarantine(&mut tx, org_id, &envelope, &raw, &reason).await,
+                Staged::Quarantine {
+                    org_id,
+                    envelope,
+                    raw,
+                    reason,
+                } => {
+                    self.quarantine(&mut tx, org_id, &envelope, &raw, &reason)
+                        .await
+                }
                 Staged::Ready(ready) => self.apply_one(&mut tx, &ready).await,
             };
             if let Err(IngestError::Temporary(e)) = result {
@@ -321,45 +373,100 @@ impl Pipeline {
             };
             match record::apply(tx, &ctx).await {
                 Ok(outcome) => {
-                    tx.release_savepoint().await.map_err(IngestError::from_store)?;
+                    tx.release_savepoint()
+                        .await
+                        .map_err(IngestError::from_store)?;
                     return Ok(outcome);
                 }
                 Err(record::Error::Store(e)) if e.is_unique_violation() && attempt == 0 => {
-                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                    tx.rollback_to_savepoint()
+                        .await
+                        .map_err(IngestError::from_store)?;
                 }
-                Err(record::Error::Store(e)) if e.is_transient() => return Err(IngestError::Temporary(e)),
+                Err(record::Error::Store(e)) if e.is_transient() => {
+                    return Err(IngestError::Temporary(e));
+                }
                 Err(record::Error::Unusable(reason)) => {
-                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                    tx.rollback_to_savepoint()
+                        .await
+                        .map_err(IngestError::from_store)?;
                     return Err(IngestError::Unusable(reason));
                 }
                 Err(record::Error::Store(e)) => {
-                    tx.rollback_to_savepoint().await.map_err(IngestError::from_store)?;
+                    tx.rollback_to_savepoint()
+                        .await
+                        .map_err(IngestError::from_store)?;
                     let reason = format!("store: {e}");
-                    return self.quarantine(tx, Some(ready.route.entry.org.id), &ready.envelope, &ready.raw, &reason).await;
+                    return self
+                        .quarantine(
+                            tx,
+                            Some(ready.route.entry.org.id),
+                            &ready.envelope,
+                            &ready.raw,
+                            &reason,
+                        )
+                        .await;
                 }
             }
         }
         Err(IngestError::Failed("unique key conflict persisted".into()))
     }
 
-    async fn quarantine(&self, tx: &mut Tx, org_id: Option<i64>, envelope: &Envelope, raw: &[u8], reason: &str) -> Result<Outcome, IngestError> {
+    async fn quarantine(
+        &self,
+        tx: &mut Tx,
+        org_id: Option<i64>,
+        envelope: &Envelope,
+        raw: &[u8],
+        reason: &str,
+    ) -> Result<Outcome, IngestError> {
         tracing::error!(recipient = %envelope.recipient, %reason, "message quarantined");
-        let id = quarantine::add(tx, org_id, &envelope.recipient.to_string(), envelope.source.as_str(), raw, reason)
-            .await
-            .map_err(|e| IngestError::Temporary(StoreError::Io(std::io::Error::other(format!("cannot quarantine: {e}")))))?;
-        Ok(Outcome::Quarantined { id, reason: reason.to_string() })
+        let id = quarantine::add(
+            tx,
+            org_id,
+            &envelope.recipient.to_string(),
+            envelope.source.as_str(),
+            raw,
+            reason,
+        )
+        .await
+        .map_err(|e| {
+            IngestError::Temporary(StoreError::Io(std::io::Error::other(format!(
+                "cannot quarantine: {e}"
+            ))))
+        })?;
+        Ok(Outcome::Quarantined {
+            id,
+            reason: reason.to_string(),
+        })
     }
 
     /// Re-runs one quarantined message; it leaves the quarantine unless it fails again.
     pub async fn reprocess(&self, quarantine_id: i64) -> Result<Outcome, IngestError> {
-        let mut tx = self.inner.store.begin_read().await.map_err(IngestError::from_store)?;
-        let entry = quarantine::get(&mut tx, quarantine_id).await.map_err(IngestError::from_store)?;
+        let mut tx = self
+            .inner
+            .store
+            .begin_read()
+            .await
+            .map_err(IngestError::from_store)?;
+        let entry = quarantine::get(&mut tx, quarantine_id)
+            .await
+            .map_err(IngestError::from_store)?;
         tx.rollback().await.map_err(IngestError::from_store)?;
-        let entry = entry.ok_or_else(|| IngestError::Unusable(format!("quarantine entry {quarantine_id} does not exist")))?;
+        let entry = entry.ok_or_else(|| {
+            IngestError::Unusable(format!("quarantine entry {quarantine_id} does not exist"))
+        })?;
         if entry.resolved_at.is_some() {
-            return Err(IngestError::Unusable(format!("quarantine entry {quarantine_id} was resolved already ({})", entry.resolution)));
+            return Err(IngestError::Unusable(format!(
+                "quarantine entry {quarantine_id} was resolved already ({})",
+                entry.resolution
+            )));
         }
-        let recipient = match entry.recipient.strip_prefix("inbox:").and_then(|id| id.parse().ok()) {
+        let recipient = match entry
+            .recipient
+            .strip_prefix("inbox:")
+            .and_then(|id| id.parse().ok())
+        {
             Some(inbox_id) => Recipient::Inbox(inbox_id),
             None => Recipient::Address(entry.recipient.clone()),
         };
@@ -375,8 +482,15 @@ impl Pipeline {
             Err(e) => Some(format!("rejected: {e}")),
         };
         if let Some(resolution) = resolution {
-            let mut tx = self.inner.store.begin().await.map_err(IngestError::from_store)?;
-            quarantine::resolve(&mut tx, quarantine_id, &resolution).await.map_err(IngestError::from_store)?;
+            let mut tx = self
+                .inner
+                .store
+                .begin()
+                .await
+                .map_err(IngestError::from_store)?;
+            quarantine::resolve(&mut tx, quarantine_id, &resolution)
+                .await
+                .map_err(IngestError::from_store)?;
             tx.commit().await.map_err(IngestError::from_store)?;
         }
         outcome
@@ -400,22 +514,4 @@ struct Ready {
     prepared: Prepared,
     envelope: Envelope,
     raw: Vec<u8>,
-}
-
-/// Records a non-stored outcome in the inbound log.
-async fn log_outcome(tx: &mut Tx, route: &Route, envelope: &Envelope, raw_sha256: &str, outcome: &str, detail: &str, ticket_id: Option<i64>, message_id: Option<i64>) -> Result<(), StoreError> {
-    tickets::log_inbound(
-        tx,
-        &tickets::InboundLog {
-            organization_id: route.entry.org.id,
-            recipient: &envelope.recipient.to_string(),
-            source: envelope.source.as_str(),
-            raw_sha256,
-            outcome,
-            detail,
-            ticket_id,
-            message_id,
-        },
-    )
-    .await
 }

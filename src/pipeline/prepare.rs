@@ -41,14 +41,24 @@ pub enum PrepareError {
 }
 
 /// Parses and renders `raw` for organization `org_id`, storing raw mail and attachments.
-pub fn prepare(raw: &[u8], org_id: i64, public_url: &str, limits: &LimitsConfig, blobs: &Arc<dyn BlobStore>) -> Result<Prepared, PrepareError> {
+pub fn prepare(
+    raw: &[u8],
+    org_id: i64,
+    public_url: &str,
+    limits: &LimitsConfig,
+    blobs: &Arc<dyn BlobStore>,
+) -> Result<Prepared, PrepareError> {
     let mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
-    let raw_sha256 = blobs.put(BlobKind::RawMail, raw).map_err(PrepareError::Blob)?;
+    let raw_sha256 = blobs
+        .put(BlobKind::RawMail, raw)
+        .map_err(PrepareError::Blob)?;
 
     let mut attachments = Vec::with_capacity(mail.attachments.len());
     let mut cid_urls = HashMap::new();
     for a in &mail.attachments {
-        let sha256 = blobs.put(BlobKind::Attachment, &a.bytes).map_err(PrepareError::Blob)?;
+        let sha256 = blobs
+            .put(BlobKind::Attachment, &a.bytes)
+            .map_err(PrepareError::Blob)?;
         let id = uuid::Uuid::now_v7().to_string();
         if !a.content_id.is_empty() {
             cid_urls.insert(a.content_id.clone(), download_url(public_url, org_id, &id));
@@ -66,7 +76,11 @@ pub fn prepare(raw: &[u8], org_id: i64, public_url: &str, limits: &LimitsConfig,
 
     let html = parse::sanitize_html(&mail.html, &cid_urls);
     let html_only = mail.text.trim().is_empty() && !mail.html.trim().is_empty();
-    let text = if html_only { parse::html_to_text(&mail.html, limits.max_html_to_text_bytes) } else { mail.text.clone() };
+    let text = if html_only {
+        parse::html_to_text(&mail.html, limits.max_html_to_text_bytes)
+    } else {
+        mail.text.clone()
+    };
     // The longer body is the one a person reads, so it is the one whose language counts.
     let language = if !html_only && html.len() > text.len() {
         parse::detect_language(&parse::html_to_text(&html, limits.max_html_to_text_bytes))
@@ -90,5 +104,8 @@ pub fn prepare(raw: &[u8], org_id: i64, public_url: &str, limits: &LimitsConfig,
 
 /// Where an attachment is served: `{public_url}/organizations/{org}/attachments/{id}/download/`.
 pub fn download_url(public_url: &str, org_id: i64, attachment_id: &str) -> String {
-    format!("{}/organizations/{org_id}/attachments/{attachment_id}/download/", public_url.trim_end_matches('/'))
+    format!(
+        "{}/organizations/{org_id}/attachments/{attachment_id}/download/",
+        public_url.trim_end_matches('/')
+    )
 }

@@ -6,10 +6,12 @@ use super::policy::{autoreply, bounce, cc, loops, spam};
 use super::prepare::Prepared;
 use super::route::{Route, RouteCache};
 use super::thread::{self, ReplyTokens, Sender, ThreadedBy};
-use super::{Envelope, Outcome, customer, log_outcome};
+use super::{Envelope, Outcome, customer};
 use crate::address::normalize;
 use crate::config::PolicyConfig;
-use crate::store::tickets::{self, Customer, NewAttachment, NewMessage, NewTicket, Ticket, TicketState};
+use crate::store::tickets::{
+    self, Customer, NewAttachment, NewMessage, NewTicket, Ticket, TicketState,
+};
 use crate::store::{Store, StoreError, Tx, now};
 
 /// Subjects are capped here (SPEC 1).
@@ -42,21 +44,38 @@ impl From<StoreError> for Error {
 pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Error> {
     let mail = &ctx.prepared.mail;
     let org = &ctx.route.entry.org;
-    let raw_sha = ctx.prepared.raw_sha256.as_str();
 
-    let from = sender_of(ctx).ok_or_else(|| Error::Unusable("no sender address in From, Sender or the envelope".into()))?;
-    let from_norm = normalize(&from.email).ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
+    let from = sender_of(ctx).ok_or_else(|| {
+        Error::Unusable("no sender address in From, Sender or the envelope".into())
+    })?;
+    let from_norm = normalize(&from.email)
+        .ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
 
     if loops::is_own_address(ctx.routes, ctx.store, &from.email).await? {
-        let detail = format!("From {} is one of the gateway's own inbox addresses", from.email);
+        let detail = format!(
+            "From {} is one of the gateway's own inbox addresses",
+            from.email
+        );
         tracing::warn!(org = org.id, %detail, "mail loop dropped");
-        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "loop", &detail, None, None).await?;
+        log_outcome(tx, ctx, "loop", &detail, None).await?;
         return Ok(Outcome::Loop);
     }
 
-    if let Some((ticket_id, message_id)) = tickets::dedupe_key_exists(tx, org.id, &mail.dedupe_key).await? {
-        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "duplicate", "same content stored before", Some(ticket_id), Some(message_id)).await?;
-        return Ok(Outcome::Duplicate { ticket_id, message_id });
+    if let Some((ticket_id, message_id)) =
+        tickets::dedupe_key_exists(tx, org.id, &mail.dedupe_key).await?
+    {
+        log_outcome(
+            tx,
+            ctx,
+            "duplicate",
+            "same content stored before",
+            Some((ticket_id, message_id)),
+        )
+        .await?;
+        return Ok(Outcome::Duplicate {
+            ticket_id,
+            message_id,
+        });
     }
 
     if let Some(report) = &mail.bounce {
@@ -65,7 +84,14 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
             Some(l) => format!("{} (outgoing message {})", report.reason(), l.message_id),
             None => format!("{} (about no message of ours)", report.reason()),
         };
-        log_outcome(tx, ctx.route, ctx.envelope, raw_sha, "bounce", &detail, linked.map(|l| l.ticket_id), linked.map(|l| l.message_id)).await?;
+        log_outcome(
+            tx,
+            ctx,
+            "bounce",
+            &detail,
+            linked.map(|l| (l.ticket_id, l.message_id)),
+        )
+        .await?;
         return Ok(Outcome::Bounce {
             linked_message_id: linked.map(|l| l.message_id),
         });
@@ -77,7 +103,11 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         Vec::new()
     } else {
         // Only the organization's own server's verdicts count: anyone can write this header.
-        mail.headers.auth_results().into_iter().filter(|a| a.authserv_id.eq_ignore_ascii_case(&org.authserv_id)).collect()
+        mail.headers
+            .auth_results()
+            .into_iter()
+            .filter(|a| a.authserv_id.eq_ignore_ascii_case(&org.authserv_id))
+            .collect()
     };
     let sender = Sender {
         email_norm: &from_norm,
@@ -90,7 +120,11 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         from: &from,
         customer: &customer,
         agent_id: agent.as_ref().map(|a| a.id),
-        auth_json: if auth.is_empty() { String::new() } else { serde_json::to_string(&auth).unwrap_or_default() },
+        auth_json: if auth.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&auth).unwrap_or_default()
+        },
         auto_reply,
         thread_note: decision.notes.join("; "),
         threaded_by: decision.by,
@@ -118,7 +152,11 @@ fn sender_of(ctx: &Context<'_>) -> Option<Mailbox> {
     mail.from
         .clone()
         .filter(|m| normalize(&m.email).is_some())
-        .or_else(|| mail.sender.clone().filter(|m| normalize(&m.email).is_some()))
+        .or_else(|| {
+            mail.sender
+                .clone()
+                .filter(|m| normalize(&m.email).is_some())
+        })
         .or_else(|| {
             let env = ctx.envelope.mail_from.as_deref()?;
             normalize(env).map(|_| Mailbox {
@@ -163,7 +201,16 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         },
     )
     .await?;
-    let message_id = insert_message(tx, ctx, f, ticket_id, "customer", &snapshot, spam_reason.as_deref().unwrap_or("")).await?;
+    let message_id = insert_message(
+        tx,
+        ctx,
+        f,
+        ticket_id,
+        "customer",
+        &snapshot,
+        spam_reason.as_deref().unwrap_or(""),
+    )
+    .await?;
     Ok(Outcome::Created {
         ticket_id,
         public_id,
@@ -171,12 +218,22 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
     })
 }
 
-async fn append(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket: Ticket) -> Result<Outcome, Error> {
+async fn append(
+    tx: &mut Tx,
+    ctx: &Context<'_>,
+    f: &Facts<'_>,
+    ticket: Ticket,
+) -> Result<Outcome, Error> {
     let org = &ctx.route.entry.org;
     let mail = &ctx.prepared.mail;
     let requester = tickets::customer_by_id(tx, org.id, ticket.customer_id)
         .await?
-        .ok_or_else(|| StoreError::NotFound(format!("customer {} of ticket {}", ticket.customer_id, ticket.id)))?;
+        .ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "customer {} of ticket {}",
+                ticket.customer_id, ticket.id
+            ))
+        })?;
     let is_requester = normalize(&requester.email) == normalize(&f.from.email);
     let role = if is_requester {
         "customer"
@@ -185,13 +242,32 @@ async fn append(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket: Ticket) -
     } else {
         "cc"
     };
-    let snapshot = if role == "associate" { Vec::new() } else { cc::message_snapshot(&ctx.route.entry, mail, &requester.email) };
-    let upstream_spam = spam::upstream_verdict(&mail.headers).map(|v| format!("upstream filter: {v}"));
-    let spam_reason = if f.customer.is_spam { Some("customer is marked as spam".to_string()) } else { upstream_spam };
-    let message_id = insert_message(tx, ctx, f, ticket.id, role, &snapshot, spam_reason.as_deref().unwrap_or("")).await?;
+    let snapshot = if role == "associate" {
+        Vec::new()
+    } else {
+        cc::message_snapshot(&ctx.route.entry, mail, &requester.email)
+    };
+    let upstream_spam =
+        spam::upstream_verdict(&mail.headers).map(|v| format!("upstream filter: {v}"));
+    let spam_reason = if f.customer.is_spam {
+        Some("customer is marked as spam".to_string())
+    } else {
+        upstream_spam
+    };
+    let message_id = insert_message(
+        tx,
+        ctx,
+        f,
+        ticket.id,
+        role,
+        &snapshot,
+        spam_reason.as_deref().unwrap_or(""),
+    )
+    .await?;
 
     // Spam, automatic mail and internal notes are stored but change nothing (SPEC 2.5, 2.9).
-    let processed = role != "associate" && f.auto_reply.is_none() && spam_reason.is_none() && !ticket.is_spam;
+    let processed =
+        role != "associate" && f.auto_reply.is_none() && spam_reason.is_none() && !ticket.is_spam;
     if processed {
         let next = if thread::is_closed(&ticket.status) {
             TicketState {
@@ -221,17 +297,31 @@ async fn append(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket: Ticket) -
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_message(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket_id: i64, role: &str, snapshot: &[String], spam_reason: &str) -> Result<i64, Error> {
+async fn insert_message(
+    tx: &mut Tx,
+    ctx: &Context<'_>,
+    f: &Facts<'_>,
+    ticket_id: i64,
+    role: &str,
+    snapshot: &[String],
+    spam_reason: &str,
+) -> Result<i64, Error> {
     let org_id = ctx.route.entry.org.id;
     let p = ctx.prepared;
     let mail = &p.mail;
     let in_reply_to = mail.in_reply_to.join(" ");
     let references = mail.references.join(" ");
-    let reply_to = mail.reply_to.iter().map(|m| m.email.as_str()).collect::<Vec<_>>().join(", ");
+    let reply_to = mail
+        .reply_to
+        .iter()
+        .map(|m| m.email.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut notes = mail.notes.clone();
     if let Some(a) = &f.auto_reply {
-        notes.push(format!("automatic mail ({a}): no state change, no acknowledgement"));
+        notes.push(format!(
+            "automatic mail ({a}): no state change, no acknowledgement"
+        ));
     }
     let message_id = tickets::insert_message(
         tx,
@@ -240,8 +330,16 @@ async fn insert_message(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket_id
             ticket_id,
             role,
             direction: "inbound",
-            author_user_id: if role == "associate" { f.agent_id } else { None },
-            sender_customer_id: if role == "associate" { None } else { Some(f.customer.id) },
+            author_user_id: if role == "associate" {
+                f.agent_id
+            } else {
+                None
+            },
+            sender_customer_id: if role == "associate" {
+                None
+            } else {
+                Some(f.customer.id)
+            },
             sender_email: &f.from.email,
             sender_name: &f.from.name,
             content: &p.text,
@@ -290,5 +388,33 @@ async fn insert_message(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>, ticket_id
 /// The subject a ticket shows: one line, at most 255 characters, never empty.
 fn ticket_subject(subject: &str) -> String {
     let s: String = subject.trim().chars().take(MAX_SUBJECT_CHARS).collect();
-    if s.is_empty() { "(no subject)".into() } else { s }
+    if s.is_empty() {
+        "(no subject)".into()
+    } else {
+        s
+    }
+}
+
+/// Records an outcome that stored no message (loop, duplicate, bounce) in the inbound log.
+async fn log_outcome(
+    tx: &mut Tx,
+    ctx: &Context<'_>,
+    outcome: &str,
+    detail: &str,
+    linked: Option<(i64, i64)>,
+) -> Result<(), StoreError> {
+    tickets::log_inbound(
+        tx,
+        &tickets::InboundLog {
+            organization_id: ctx.route.entry.org.id,
+            recipient: &ctx.envelope.recipient.to_string(),
+            source: ctx.envelope.source.as_str(),
+            raw_sha256: &ctx.prepared.raw_sha256,
+            outcome,
+            detail,
+            ticket_id: linked.map(|(t, _)| t),
+            message_id: linked.map(|(_, m)| m),
+        },
+    )
+    .await
 }

@@ -81,12 +81,21 @@ pub struct RouteCache {
 
 impl RouteCache {
     /// Routes a recipient; an unknown address is [`IngestError::UnknownRecipient`].
-    pub async fn resolve(&self, store: &Store, recipient: &Recipient) -> Result<Route, IngestError> {
+    pub async fn resolve(
+        &self,
+        store: &Store,
+        recipient: &Recipient,
+    ) -> Result<Route, IngestError> {
         match recipient {
             Recipient::Address(address) => {
-                let addr = parse_addr_spec(address).ok_or_else(|| IngestError::UnknownRecipient(format!("{address:?} is not an address")))?;
+                let addr = parse_addr_spec(address).ok_or_else(|| {
+                    IngestError::UnknownRecipient(format!("{address:?} is not an address"))
+                })?;
                 for fresh in [false, true] {
-                    let entry = self.org_for_domain(store, &addr.domain, fresh).await.map_err(IngestError::from_store)?;
+                    let entry = self
+                        .org_for_domain(store, &addr.domain, fresh)
+                        .await
+                        .map_err(IngestError::from_store)?;
                     let Some(entry) = entry else { continue };
                     if let Some(inbox) = entry.inbox_for(&addr) {
                         return Ok(Route {
@@ -96,23 +105,41 @@ impl RouteCache {
                         });
                     }
                 }
-                Err(IngestError::UnknownRecipient(format!("no inbox for {address}")))
+                Err(IngestError::UnknownRecipient(format!(
+                    "no inbox for {address}"
+                )))
             }
             Recipient::Inbox(inbox_id) => {
                 let inbox = {
                     let mut tx = store.begin_read().await.map_err(IngestError::from_store)?;
-                    let inbox = orgs::inbox_by_id(&mut tx, *inbox_id).await.map_err(IngestError::from_store)?;
+                    let inbox = orgs::inbox_by_id(&mut tx, *inbox_id)
+                        .await
+                        .map_err(IngestError::from_store)?;
                     tx.rollback().await.map_err(IngestError::from_store)?;
-                    inbox.ok_or_else(|| IngestError::UnknownRecipient(format!("inbox {inbox_id} does not exist")))?
+                    inbox.ok_or_else(|| {
+                        IngestError::UnknownRecipient(format!("inbox {inbox_id} does not exist"))
+                    })?
                 };
-                let entry = self.org(store, inbox.organization_id, false).await.map_err(IngestError::from_store)?;
-                Ok(Route { entry, inbox, detail: None })
+                let entry = self
+                    .org(store, inbox.organization_id, false)
+                    .await
+                    .map_err(IngestError::from_store)?;
+                Ok(Route {
+                    entry,
+                    inbox,
+                    detail: None,
+                })
             }
         }
     }
 
     /// The cached organization that receives mail for `domain`, if any.
-    pub async fn org_for_domain(&self, store: &Store, domain: &str, fresh: bool) -> Result<Option<Arc<OrgEntry>>, StoreError> {
+    pub async fn org_for_domain(
+        &self,
+        store: &Store,
+        domain: &str,
+        fresh: bool,
+    ) -> Result<Option<Arc<OrgEntry>>, StoreError> {
         let cached = self
             .by_domain
             .read()
@@ -143,20 +170,34 @@ impl RouteCache {
     }
 
     /// The cached entry of one organization, reloaded when stale or when `fresh` is asked.
-    pub async fn org(&self, store: &Store, org_id: i64, fresh: bool) -> Result<Arc<OrgEntry>, StoreError> {
+    pub async fn org(
+        &self,
+        store: &Store,
+        org_id: i64,
+        fresh: bool,
+    ) -> Result<Arc<OrgEntry>, StoreError> {
         if !fresh
-            && let Some(e) = self.by_org.read().ok().and_then(|m| m.get(&org_id).cloned())
+            && let Some(e) = self
+                .by_org
+                .read()
+                .ok()
+                .and_then(|m| m.get(&org_id).cloned())
             && e.loaded.elapsed() < TTL
         {
             return Ok(e);
         }
         let mut tx = store.begin_read().await?;
-        let org = orgs::get_org(&mut tx, org_id).await?.ok_or_else(|| StoreError::NotFound(format!("organization {org_id}")))?;
+        let org = orgs::get_org(&mut tx, org_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("organization {org_id}")))?;
         let inboxes = orgs::list_inboxes(&mut tx, org_id).await?;
         let agents = orgs::list_users(&mut tx, org_id).await?;
         tx.rollback().await?;
         let entry = Arc::new(OrgEntry {
-            agents: agents.into_iter().filter_map(|u| normalize(&u.email).map(|n| (n, u))).collect(),
+            agents: agents
+                .into_iter()
+                .filter_map(|u| normalize(&u.email).map(|n| (n, u)))
+                .collect(),
             inboxes,
             loaded: Instant::now(),
             org,

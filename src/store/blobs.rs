@@ -44,13 +44,20 @@ impl FsBlobStore {
 
     fn path(&self, kind: BlobKind, sha256: &str) -> io::Result<PathBuf> {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a sha256 name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a sha256 name",
+            ));
         }
         let (dir, suffix) = match kind {
             BlobKind::Attachment => ("attachments", ""),
             BlobKind::RawMail => ("raw", ".zst"),
         };
-        Ok(self.root.join(dir).join(&sha256[..2]).join(format!("{sha256}{suffix}")))
+        Ok(self
+            .root
+            .join(dir)
+            .join(&sha256[..2])
+            .join(format!("{sha256}{suffix}")))
     }
 }
 
@@ -61,7 +68,9 @@ impl BlobStore for FsBlobStore {
         if path.exists() {
             return Ok(hash);
         }
-        let dir = path.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::other("blob path has no parent"))?;
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{hash}.{}.tmp", uuid::Uuid::new_v4().simple()));
         let result = (|| {
@@ -107,14 +116,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FsBlobStore::new(dir.path());
         let a = store.put(BlobKind::Attachment, b"hello").expect("put");
-        let b = store.put(BlobKind::Attachment, b"hello").expect("put again");
+        let b = store
+            .put(BlobKind::Attachment, b"hello")
+            .expect("put again");
         assert_eq!(a, b);
         assert_eq!(store.get(BlobKind::Attachment, &a).expect("get"), b"hello");
         let raw = vec![b'x'; 100_000];
         let h = store.put(BlobKind::RawMail, &raw).expect("put raw");
         assert_eq!(store.get(BlobKind::RawMail, &h).expect("get raw"), raw);
-        let on_disk = fs::metadata(store.path(BlobKind::RawMail, &h).expect("path")).expect("meta").len();
-        assert!(on_disk < 1000, "raw mail is compressed, got {on_disk} bytes");
+        let on_disk = fs::metadata(store.path(BlobKind::RawMail, &h).expect("path"))
+            .expect("meta")
+            .len();
+        assert!(
+            on_disk < 1000,
+            "raw mail is compressed, got {on_disk} bytes"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ impl StoreError {
         match self {
             StoreError::Io(_) => true,
             StoreError::Db(e) => db_error_is_transient(e),
-            StoreError::Migrate(_) | StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) => false,
+            StoreError::Migrate(_)
+            | StoreError::Conflict(_)
+            | StoreError::NotFound(_)
+            | StoreError::Corrupt(_) => false,
         }
     }
 
@@ -68,7 +71,11 @@ impl StoreError {
 
 fn db_error_is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(d) => {
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
             // SQLite primary codes (low byte of the extended code): BUSY 5, LOCKED 6, NOMEM 7,
@@ -78,7 +85,12 @@ fn db_error_is_transient(e: &sqlx::Error) -> bool {
             }
             // PostgreSQL classes: 08 connection, 53 resources, 57 operator intervention,
             // 58 system error, 40001/40P01 serialization failure and deadlock.
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code.starts_with("58") || code == "40001" || code == "40P01"
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code.starts_with("58")
+                || code == "40001"
+                || code == "40P01"
         }
         _ => false,
     }
@@ -177,8 +189,10 @@ impl Store {
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut tx = self.begin_read().await?;
-        with_tx!(&mut tx, |c| sqlx::query("SELECT 1").execute(c).await
-        .map(|r| r.rows_affected()))?;
+        with_tx!(&mut tx, |c| sqlx::query("SELECT 1")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         tx.rollback().await
     }
 
@@ -212,24 +226,32 @@ impl Tx {
 
     /// Marks a savepoint so one message of a batch can fail without undoing the others.
     pub async fn savepoint(&mut self) -> Result<(), StoreError> {
-        with_tx!(self, |c| sqlx::query("SAVEPOINT one_message").execute(c).await
-        .map(|r| r.rows_affected()))?;
+        with_tx!(self, |c| sqlx::query("SAVEPOINT one_message")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Keeps the work since [`Tx::savepoint`].
     pub async fn release_savepoint(&mut self) -> Result<(), StoreError> {
-        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message").execute(c).await
-        .map(|r| r.rows_affected()))?;
+        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Undoes the work since [`Tx::savepoint`].
     pub async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
-        with_tx!(self, |c| sqlx::query("ROLLBACK TO SAVEPOINT one_message").execute(c).await
-        .map(|r| r.rows_affected()))?;
-        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message").execute(c).await
-        .map(|r| r.rows_affected()))?;
+        with_tx!(self, |c| sqlx::query("ROLLBACK TO SAVEPOINT one_message")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        with_tx!(self, |c| sqlx::query("RELEASE SAVEPOINT one_message")
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
@@ -252,7 +274,11 @@ pub fn parse_json_list(text: &str) -> Vec<String> {
 
 /// Removes NUL characters: PostgreSQL text cannot hold them, and no mail needs them.
 pub fn clean_text(s: &str) -> String {
-    if s.contains('\0') { s.replace('\0', "") } else { s.to_string() }
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s.to_string()
+    }
 }
 
 /// Opens the configured store, runs migrations, and returns it.
@@ -264,5 +290,7 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> 
 
 /// True when `path` looks like a SQLite URL's file (used to prepare folders).
 pub fn sqlite_path(url: &str) -> Option<&Path> {
-    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).map(|p| Path::new(p.split('?').next().unwrap_or(p)))
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| Path::new(p.split('?').next().unwrap_or(p)))
 }

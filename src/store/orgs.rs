@@ -120,20 +120,33 @@ pub async fn create_org(tx: &mut Tx, new: &NewOrg<'_>) -> Result<Org, StoreError
     .fetch_one(c)
     .await)
     .map_err(|e| conflict(e, &format!("an organization named {:?} exists already", new.name)))?;
-    with_tx!(tx, |c| sqlx::query("INSERT INTO ticket_counters (organization_id, last_public_id) VALUES ($1, 0)").bind(id).execute(c).await
-        .map(|r| r.rows_affected()))?;
+    with_tx!(tx, |c| sqlx::query(
+        "INSERT INTO ticket_counters (organization_id, last_public_id) VALUES ($1, 0)"
+    )
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     set_domains(tx, id, new.domains).await?;
-    get_org(tx, id).await?.ok_or_else(|| StoreError::NotFound(format!("organization {id}")))
+    get_org(tx, id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("organization {id}")))
 }
 
 /// Applies a config-declared organization: created when new, otherwise updated in place.
 pub async fn apply_config(tx: &mut Tx, c: &OrganizationConfig) -> Result<Org, StoreError> {
     let new = NewOrg::from_config(c);
-    let existing: Option<i64> = with_tx!(tx, |conn| sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1").bind(&c.name).fetch_optional(conn).await)?;
+    let existing: Option<i64> = with_tx!(tx, |conn| sqlx::query_scalar(
+        "SELECT id FROM organizations WHERE name = $1"
+    )
+    .bind(&c.name)
+    .fetch_optional(conn)
+    .await)?;
     let org_id = match existing {
         None => create_org(tx, &new).await?.id,
         Some(id) => {
-            with_tx!(tx, |conn| sqlx::query(
+            with_tx!(tx, |conn| {
+                sqlx::query(
                 "UPDATE organizations SET cc_email_routing = $2, auto_tagging = $3, reopen_window_days = $4, subject_tag_prefix = $5,
                  authserv_id = $6, require_authenticated_sender = $7, webhook_url = $8, webhook_secret = $9, updated_at = $10 WHERE id = $1"
             )
@@ -149,45 +162,82 @@ pub async fn apply_config(tx: &mut Tx, c: &OrganizationConfig) -> Result<Org, St
             .bind(now())
             .execute(conn)
             .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+            })?;
             set_domains(tx, id, &c.domains).await?;
             id
         }
     };
     for inbox in &c.inboxes {
-        upsert_inbox(tx, org_id, &inbox.email_prefix, &inbox.name, inbox.auto_acknowledge).await?;
+        upsert_inbox(
+            tx,
+            org_id,
+            &inbox.email_prefix,
+            &inbox.name,
+            inbox.auto_acknowledge,
+        )
+        .await?;
     }
     for user in &c.users {
         upsert_user(tx, org_id, &user.email, &user.name).await?;
     }
-    get_org(tx, org_id).await?.ok_or_else(|| StoreError::NotFound(format!("organization {org_id}")))
+    get_org(tx, org_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("organization {org_id}")))
 }
 
 async fn set_domains(tx: &mut Tx, org_id: i64, domains: &[String]) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query("DELETE FROM organization_domains WHERE organization_id = $1").bind(org_id).execute(c).await
-        .map(|r| r.rows_affected()))?;
+    with_tx!(tx, |c| sqlx::query(
+        "DELETE FROM organization_domains WHERE organization_id = $1"
+    )
+    .bind(org_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     for d in domains {
         let domain = d.trim().to_ascii_lowercase();
-        with_tx!(tx, |c| sqlx::query("INSERT INTO organization_domains (domain, organization_id) VALUES ($1, $2)").bind(&domain).bind(org_id).execute(c).await
+        with_tx!(tx, |c| sqlx::query(
+            "INSERT INTO organization_domains (domain, organization_id) VALUES ($1, $2)"
+        )
+        .bind(&domain)
+        .bind(org_id)
+        .execute(c)
+        .await
         .map(|r| r.rows_affected()))
-            .map_err(|e| conflict(e, &format!("domain {domain} belongs to another organization")))?;
+        .map_err(|e| {
+            conflict(
+                e,
+                &format!("domain {domain} belongs to another organization"),
+            )
+        })?;
     }
     Ok(())
 }
 
 fn conflict(e: sqlx::Error, what: &str) -> StoreError {
     let e = StoreError::from(e);
-    if e.is_unique_violation() { StoreError::Conflict(what.to_string()) } else { e }
+    if e.is_unique_violation() {
+        StoreError::Conflict(what.to_string())
+    } else {
+        e
+    }
 }
 
 /// Reads an organization with its domains.
 pub async fn get_org(tx: &mut Tx, id: i64) -> Result<Option<Org>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"));
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"
+    ));
     let org: Option<Org> = with_tx!(tx, |c| sqlx::query_as(sql).bind(id).fetch_optional(c).await)?;
     match org {
         None => Ok(None),
         Some(mut org) => {
-            org.domains = with_tx!(tx, |c| sqlx::query_scalar("SELECT domain FROM organization_domains WHERE organization_id = $1 ORDER BY domain").bind(id).fetch_all(c).await)?;
+            org.domains = with_tx!(tx, |c| sqlx::query_scalar(
+                "SELECT domain FROM organization_domains WHERE organization_id = $1 ORDER BY domain"
+            )
+            .bind(id)
+            .fetch_all(c)
+            .await)?;
             Ok(Some(org))
         }
     }
@@ -195,10 +245,12 @@ pub async fn get_org(tx: &mut Tx, id: i64) -> Result<Option<Org>, StoreError> {
 
 /// The organization that receives mail for `domain`.
 pub async fn org_for_domain(tx: &mut Tx, domain: &str) -> Result<Option<Org>, StoreError> {
-    let id: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar("SELECT organization_id FROM organization_domains WHERE domain = $1")
-        .bind(domain.to_ascii_lowercase())
-        .fetch_optional(c)
-        .await)?;
+    let id: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT organization_id FROM organization_domains WHERE domain = $1"
+    )
+    .bind(domain.to_ascii_lowercase())
+    .fetch_optional(c)
+    .await)?;
     match id {
         Some(id) => get_org(tx, id).await,
         None => Ok(None),
@@ -207,7 +259,11 @@ pub async fn org_for_domain(tx: &mut Tx, domain: &str) -> Result<Option<Org>, St
 
 /// Every organization, by id.
 pub async fn list_orgs(tx: &mut Tx) -> Result<Vec<Org>, StoreError> {
-    let ids: Vec<i64> = with_tx!(tx, |c| sqlx::query_scalar("SELECT id FROM organizations ORDER BY id").fetch_all(c).await)?;
+    let ids: Vec<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM organizations ORDER BY id"
+    )
+    .fetch_all(c)
+    .await)?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(org) = get_org(tx, id).await? {
@@ -218,7 +274,13 @@ pub async fn list_orgs(tx: &mut Tx) -> Result<Vec<Org>, StoreError> {
 }
 
 /// Creates an inbox; a second inbox with the same prefix is a conflict.
-pub async fn create_inbox(tx: &mut Tx, org_id: i64, prefix: &str, name: &str, auto_acknowledge: bool) -> Result<Inbox, StoreError> {
+pub async fn create_inbox(
+    tx: &mut Tx,
+    org_id: i64,
+    prefix: &str,
+    name: &str,
+    auto_acknowledge: bool,
+) -> Result<Inbox, StoreError> {
     let prefix = prefix.to_ascii_lowercase();
     with_tx!(tx, |c| sqlx::query_as(
         "INSERT INTO inboxes (organization_id, name, email_prefix, auto_acknowledge, created_at) VALUES ($1, $2, $3, $4, $5)
@@ -234,8 +296,15 @@ pub async fn create_inbox(tx: &mut Tx, org_id: i64, prefix: &str, name: &str, au
     .map_err(|e| conflict(e, &format!("inbox {prefix:?} exists already")))
 }
 
-async fn upsert_inbox(tx: &mut Tx, org_id: i64, prefix: &str, name: &str, auto_acknowledge: bool) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+async fn upsert_inbox(
+    tx: &mut Tx,
+    org_id: i64,
+    prefix: &str,
+    name: &str,
+    auto_acknowledge: bool,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO inboxes (organization_id, name, email_prefix, auto_acknowledge, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (organization_id, email_prefix) DO UPDATE SET name = excluded.name, auto_acknowledge = excluded.auto_acknowledge"
     )
@@ -246,42 +315,59 @@ async fn upsert_inbox(tx: &mut Tx, org_id: i64, prefix: &str, name: &str, auto_a
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// The inbox of `org_id` whose prefix is `prefix` (case-insensitive).
-pub async fn inbox_by_prefix(tx: &mut Tx, org_id: i64, prefix: &str) -> Result<Option<Inbox>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+pub async fn inbox_by_prefix(
+    tx: &mut Tx,
+    org_id: i64,
+    prefix: &str,
+) -> Result<Option<Inbox>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, organization_id, name, email_prefix, auto_acknowledge FROM inboxes WHERE organization_id = $1 AND email_prefix = $2"
     )
     .bind(org_id)
     .bind(prefix.to_ascii_lowercase())
     .fetch_optional(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// An inbox by id, with its organization.
 pub async fn inbox_by_id(tx: &mut Tx, inbox_id: i64) -> Result<Option<Inbox>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email_prefix, auto_acknowledge FROM inboxes WHERE id = $1")
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as("SELECT id, organization_id, name, email_prefix, auto_acknowledge FROM inboxes WHERE id = $1")
         .bind(inbox_id)
         .fetch_optional(c)
-        .await)?)
+        .await
+    })?)
 }
 
 /// Every inbox of an organization.
 pub async fn list_inboxes(tx: &mut Tx, org_id: i64) -> Result<Vec<Inbox>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, organization_id, name, email_prefix, auto_acknowledge FROM inboxes WHERE organization_id = $1 ORDER BY id"
     )
     .bind(org_id)
     .fetch_all(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Creates an agent; a second agent with the same address is a conflict.
-pub async fn create_user(tx: &mut Tx, org_id: i64, email: &str, name: &str) -> Result<User, StoreError> {
-    let norm = crate::address::normalize(email).ok_or_else(|| StoreError::Conflict(format!("{email:?} is not an email address")))?;
+pub async fn create_user(
+    tx: &mut Tx,
+    org_id: i64,
+    email: &str,
+    name: &str,
+) -> Result<User, StoreError> {
+    let norm = crate::address::normalize(email)
+        .ok_or_else(|| StoreError::Conflict(format!("{email:?} is not an email address")))?;
     with_tx!(tx, |c| sqlx::query_as(
         "INSERT INTO users (organization_id, email, email_norm, name, created_at) VALUES ($1, $2, $3, $4, $5)
          RETURNING id, organization_id, email, name"
@@ -297,8 +383,10 @@ pub async fn create_user(tx: &mut Tx, org_id: i64, email: &str, name: &str) -> R
 }
 
 async fn upsert_user(tx: &mut Tx, org_id: i64, email: &str, name: &str) -> Result<(), StoreError> {
-    let norm = crate::address::normalize(email).ok_or_else(|| StoreError::Conflict(format!("{email:?} is not an email address")))?;
-    with_tx!(tx, |c| sqlx::query(
+    let norm = crate::address::normalize(email)
+        .ok_or_else(|| StoreError::Conflict(format!("{email:?} is not an email address")))?;
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO users (organization_id, email, email_norm, name, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (organization_id, email_norm) DO UPDATE SET name = excluded.name"
     )
@@ -309,17 +397,24 @@ async fn upsert_user(tx: &mut Tx, org_id: i64, email: &str, name: &str) -> Resul
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// The agent of `org_id` with this normalized address.
-pub async fn agent_by_email(tx: &mut Tx, org_id: i64, email_norm: &str) -> Result<Option<User>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, email, name FROM users WHERE organization_id = $1 AND email_norm = $2")
+pub async fn agent_by_email(
+    tx: &mut Tx,
+    org_id: i64,
+    email_norm: &str,
+) -> Result<Option<User>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as("SELECT id, organization_id, email, name FROM users WHERE organization_id = $1 AND email_norm = $2")
         .bind(org_id)
         .bind(email_norm)
         .fetch_optional(c)
-        .await)?)
+        .await
+    })?)
 }
 
 /// Issues a new API token for an organization; only its SHA-256 is stored.
@@ -327,28 +422,34 @@ pub async fn create_token(tx: &mut Tx, org_id: i64) -> Result<String, StoreError
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = format!("idk_{}", hex::encode(bytes));
-    with_tx!(tx, |c| sqlx::query("INSERT INTO api_tokens (organization_id, token_hash, created_at) VALUES ($1, $2, $3)")
-        .bind(org_id)
-        .bind(super::blobs::sha256_hex(token.as_bytes()))
-        .bind(now())
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+    with_tx!(tx, |c| sqlx::query(
+        "INSERT INTO api_tokens (organization_id, token_hash, created_at) VALUES ($1, $2, $3)"
+    )
+    .bind(org_id)
+    .bind(super::blobs::sha256_hex(token.as_bytes()))
+    .bind(now())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(token)
 }
 
 /// The organization an API token belongs to.
 pub async fn org_for_token(tx: &mut Tx, token: &str) -> Result<Option<i64>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_scalar("SELECT organization_id FROM api_tokens WHERE token_hash = $1")
-        .bind(super::blobs::sha256_hex(token.as_bytes()))
-        .fetch_optional(c)
-        .await)?)
+    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT organization_id FROM api_tokens WHERE token_hash = $1"
+    )
+    .bind(super::blobs::sha256_hex(token.as_bytes()))
+    .fetch_optional(c)
+    .await)?)
 }
 
 /// Every agent of an organization.
 pub async fn list_users(tx: &mut Tx, org_id: i64) -> Result<Vec<User>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, email, name FROM users WHERE organization_id = $1 ORDER BY id")
-        .bind(org_id)
-        .fetch_all(c)
-        .await)?)
+    Ok(with_tx!(tx, |c| sqlx::query_as(
+        "SELECT id, organization_id, email, name FROM users WHERE organization_id = $1 ORDER BY id"
+    )
+    .bind(org_id)
+    .fetch_all(c)
+    .await)?)
 }

@@ -24,25 +24,37 @@ pub struct Quarantined {
 const COLUMNS: &str = "id, organization_id, recipient, source, raw, raw_sha256, reason, attempts, resolved_at, resolution, created_at";
 
 /// Puts a message into quarantine; the same raw message failing again raises its attempt count.
-pub async fn add(tx: &mut Tx, org_id: Option<i64>, recipient: &str, source: &str, raw: &[u8], reason: &str) -> Result<i64, StoreError> {
+pub async fn add(
+    tx: &mut Tx,
+    org_id: Option<i64>,
+    recipient: &str,
+    source: &str,
+    raw: &[u8],
+    reason: &str,
+) -> Result<i64, StoreError> {
     let sha = super::blobs::sha256_hex(raw);
-    let existing: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar("SELECT id FROM quarantine WHERE raw_sha256 = $1 AND recipient = $2 AND resolved_at IS NULL")
-        .bind(&sha)
-        .bind(clean_text(recipient))
-        .fetch_optional(c)
-        .await)?;
+    let existing: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM quarantine WHERE raw_sha256 = $1 AND recipient = $2 AND resolved_at IS NULL"
+    )
+    .bind(&sha)
+    .bind(clean_text(recipient))
+    .fetch_optional(c)
+    .await)?;
     let ts = now();
     if let Some(id) = existing {
-        with_tx!(tx, |c| sqlx::query("UPDATE quarantine SET attempts = attempts + 1, reason = $2, updated_at = $3 WHERE id = $1")
+        with_tx!(tx, |c| {
+            sqlx::query("UPDATE quarantine SET attempts = attempts + 1, reason = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(clean_text(reason))
             .bind(ts)
             .execute(c)
             .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
         return Ok(id);
     }
-    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "INSERT INTO quarantine (organization_id, recipient, source, raw, raw_sha256, reason, attempts, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) RETURNING id"
     )
@@ -54,7 +66,8 @@ pub async fn add(tx: &mut Tx, org_id: Option<i64>, recipient: &str, source: &str
     .bind(clean_text(reason))
     .bind(ts)
     .fetch_one(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Open (unresolved) quarantine entries, optionally of one organization, oldest first.
@@ -62,23 +75,31 @@ pub async fn list_open(tx: &mut Tx, org_id: Option<i64>) -> Result<Vec<Quarantin
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM quarantine WHERE resolved_at IS NULL AND ($1 IS NULL OR organization_id = $1) ORDER BY id"
     ));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).fetch_all(c).await)?)
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
+        .bind(org_id)
+        .fetch_all(c)
+        .await)?)
 }
 
 /// One quarantine entry.
 pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<Quarantined>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM quarantine WHERE id = $1"));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(id).fetch_optional(c).await)?)
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(c)
+        .await)?)
 }
 
 /// Marks an entry resolved with what re-running it gave.
 pub async fn resolve(tx: &mut Tx, id: i64, resolution: &str) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query("UPDATE quarantine SET resolved_at = $2, resolution = $3, updated_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(now())
-        .bind(clean_text(resolution))
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE quarantine SET resolved_at = $2, resolution = $3, updated_at = $2 WHERE id = $1"
+    )
+    .bind(id)
+    .bind(now())
+    .bind(clean_text(resolution))
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }

@@ -103,10 +103,17 @@ pub struct Attachment {
 }
 
 /// Finds the customer with this address, creating it when new; fills an empty name.
-pub async fn find_or_create_customer(tx: &mut Tx, org_id: i64, email: &str, email_norm: &str, name: &str) -> Result<Customer, StoreError> {
+pub async fn find_or_create_customer(
+    tx: &mut Tx,
+    org_id: i64,
+    email: &str,
+    email_norm: &str,
+    name: &str,
+) -> Result<Customer, StoreError> {
     let ts = now();
     let name = clean_text(name.trim());
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO customers (organization_id, name, email, email_norm, is_spam, created_at, updated_at) VALUES ($1, $2, $3, $4, FALSE, $5, $5)
          ON CONFLICT (organization_id, email_norm) DO NOTHING"
     )
@@ -117,100 +124,174 @@ pub async fn find_or_create_customer(tx: &mut Tx, org_id: i64, email: &str, emai
     .bind(ts)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     if !name.is_empty() {
-        with_tx!(tx, |c| sqlx::query("UPDATE customers SET name = $3, updated_at = $4 WHERE organization_id = $1 AND email_norm = $2 AND name = ''")
+        with_tx!(tx, |c| {
+            sqlx::query("UPDATE customers SET name = $3, updated_at = $4 WHERE organization_id = $1 AND email_norm = $2 AND name = ''")
             .bind(org_id)
             .bind(email_norm)
             .bind(&name)
             .bind(ts)
             .execute(c)
             .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
     }
-    customer_by_email(tx, org_id, email_norm).await?.ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}")))
+    customer_by_email(tx, org_id, email_norm)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}")))
 }
 
 /// The customer of `org_id` with this normalized address.
-pub async fn customer_by_email(tx: &mut Tx, org_id: i64, email_norm: &str) -> Result<Option<Customer>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND email_norm = $2")
+pub async fn customer_by_email(
+    tx: &mut Tx,
+    org_id: i64,
+    email_norm: &str,
+) -> Result<Option<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND email_norm = $2")
         .bind(org_id)
         .bind(email_norm)
         .fetch_optional(c)
-        .await)?)
+        .await
+    })?)
 }
 
 /// A customer by id within an organization.
-pub async fn customer_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Customer>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND id = $2")
+pub async fn customer_by_id(
+    tx: &mut Tx,
+    org_id: i64,
+    id: i64,
+) -> Result<Option<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(c)
+        .await
+    })?)
+}
+
+/// Every customer of an organization, by id.
+pub async fn list_customers(tx: &mut Tx, org_id: i64) -> Result<Vec<Customer>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 ORDER BY id")
+        .bind(org_id)
+        .fetch_all(c)
+        .await
+    })?)
+}
+
+/// Sets a customer's spam flag.
+pub async fn set_customer_spam(
+    tx: &mut Tx,
+    org_id: i64,
+    customer_id: i64,
+    is_spam: bool,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE customers SET is_spam = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(is_spam)
+    .bind(now())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A ticket by primary key within an organization.
+pub async fn ticket_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND id = $2"
+    ));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
         .bind(org_id)
         .bind(id)
         .fetch_optional(c)
         .await)?)
 }
 
-/// Every customer of an organization, by id.
-pub async fn list_customers(tx: &mut Tx, org_id: i64) -> Result<Vec<Customer>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = $1 ORDER BY id")
+/// A ticket by its per-organization number.
+pub async fn ticket_by_public_id(
+    tx: &mut Tx,
+    org_id: i64,
+    public_id: i64,
+) -> Result<Option<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND public_id = $2"
+    ));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
+        .bind(org_id)
+        .bind(public_id)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// Every ticket of an organization, spam included, by number.
+pub async fn list_tickets(tx: &mut Tx, org_id: i64) -> Result<Vec<Ticket>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 ORDER BY public_id"
+    ));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
         .bind(org_id)
         .fetch_all(c)
         .await)?)
 }
 
-/// Sets a customer's spam flag.
-pub async fn set_customer_spam(tx: &mut Tx, org_id: i64, customer_id: i64, is_spam: bool) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query("UPDATE customers SET is_spam = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
-        .bind(org_id)
-        .bind(customer_id)
-        .bind(is_spam)
-        .bind(now())
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-/// A ticket by primary key within an organization.
-pub async fn ticket_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Ticket>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND id = $2"));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(id).fetch_optional(c).await)?)
-}
-
-/// A ticket by its per-organization number.
-pub async fn ticket_by_public_id(tx: &mut Tx, org_id: i64, public_id: i64) -> Result<Option<Ticket>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 AND public_id = $2"));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(public_id).fetch_optional(c).await)?)
-}
-
-/// Every ticket of an organization, spam included, by number.
-pub async fn list_tickets(tx: &mut Tx, org_id: i64) -> Result<Vec<Ticket>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = $1 ORDER BY public_id"));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).fetch_all(c).await)?)
-}
-
 /// The messages of a ticket, oldest first.
-pub async fn list_messages(tx: &mut Tx, org_id: i64, ticket_id: i64) -> Result<Vec<Message>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND ticket_id = $2 ORDER BY id"));
-    Ok(with_tx!(tx, |c| sqlx::query_as(sql).bind(org_id).bind(ticket_id).fetch_all(c).await)?)
+pub async fn list_messages(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket_id: i64,
+) -> Result<Vec<Message>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND ticket_id = $2 ORDER BY id"
+    ));
+    Ok(with_tx!(tx, |c| sqlx::query_as(sql)
+        .bind(org_id)
+        .bind(ticket_id)
+        .fetch_all(c)
+        .await)?)
 }
 
 /// The attachments of a message.
-pub async fn list_attachments(tx: &mut Tx, org_id: i64, message_id: i64) -> Result<Vec<Attachment>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+pub async fn list_attachments(
+    tx: &mut Tx,
+    org_id: i64,
+    message_id: i64,
+) -> Result<Vec<Attachment>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline FROM attachments
          WHERE organization_id = $1 AND message_id = $2 ORDER BY created_at, id"
     )
     .bind(org_id)
     .bind(message_id)
     .fetch_all(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// The message (and its ticket) that carries one of these Message-IDs, trying them in order.
-pub async fn find_by_message_ids(tx: &mut Tx, org_id: i64, ids: &[String]) -> Result<Option<(String, Message)>, StoreError> {
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND message_id_header = $2 ORDER BY id LIMIT 1");
+pub async fn find_by_message_ids(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[String],
+) -> Result<Option<(String, Message)>, StoreError> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND message_id_header = $2 ORDER BY id LIMIT 1"
+    );
     for id in ids {
-        let found: Option<Message> = with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(org_id).bind(id).fetch_optional(c).await)?;
+        let found: Option<Message> =
+            with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(c)
+                .await)?;
         if let Some(m) = found {
             return Ok(Some((id.clone(), m)));
         }
@@ -219,54 +300,78 @@ pub async fn find_by_message_ids(tx: &mut Tx, org_id: i64, ids: &[String]) -> Re
 }
 
 /// True when a message with this duplicate key is stored already.
-pub async fn dedupe_key_exists(tx: &mut Tx, org_id: i64, key: &str) -> Result<Option<(i64, i64)>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as("SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND dedupe_key = $2")
-        .bind(org_id)
-        .bind(key)
-        .fetch_optional(c)
-        .await)?)
+pub async fn dedupe_key_exists(
+    tx: &mut Tx,
+    org_id: i64,
+    key: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_as(
+        "SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND dedupe_key = $2"
+    )
+    .bind(org_id)
+    .bind(key)
+    .fetch_optional(c)
+    .await)?)
 }
 
 /// Addresses of the ticket's participants: its creation-time list and every message's CC snapshot.
-pub async fn ticket_snapshot_addresses(tx: &mut Tx, org_id: i64, ticket: &Ticket) -> Result<Vec<String>, StoreError> {
-    let lists: Vec<String> = with_tx!(tx, |c| sqlx::query_scalar(
+pub async fn ticket_snapshot_addresses(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket: &Ticket,
+) -> Result<Vec<String>, StoreError> {
+    let lists: Vec<String> = with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "SELECT external_recipient_emails FROM messages WHERE organization_id = $1 AND ticket_id = $2 AND external_recipient_emails <> '[]'"
     )
     .bind(org_id)
     .bind(ticket.id)
     .fetch_all(c)
-    .await)?;
+    .await
+    })?;
     let mut out: Vec<String> = super::parse_json_list(&ticket.external_recipient_emails);
     for l in lists {
         out.extend(super::parse_json_list(&l));
     }
-    let mut norm: Vec<String> = out.iter().filter_map(|a| crate::address::normalize(a)).collect();
+    let mut norm: Vec<String> = out
+        .iter()
+        .filter_map(|a| crate::address::normalize(a))
+        .collect();
     norm.sort();
     norm.dedup();
     Ok(norm)
 }
 
 /// Tickets a customer opened by mail since `since`.
-pub async fn count_tickets_since(tx: &mut Tx, org_id: i64, customer_id: i64, since: DateTime<Utc>) -> Result<i64, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+pub async fn count_tickets_since(
+    tx: &mut Tx,
+    org_id: i64,
+    customer_id: i64,
+    since: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "SELECT COUNT(*) FROM tickets WHERE organization_id = $1 AND customer_id = $2 AND origin = 'email' AND created_at > $3"
     )
     .bind(org_id)
     .bind(customer_id)
     .bind(since)
     .fetch_one(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Takes the next ticket number. The counter row stays locked until commit, so numbers are
 /// gap-free: a rolled-back ticket gives its number back.
 pub async fn next_public_id(tx: &mut Tx, org_id: i64) -> Result<i64, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "UPDATE ticket_counters SET last_public_id = last_public_id + 1 WHERE organization_id = $1 RETURNING last_public_id"
     )
     .bind(org_id)
     .fetch_one(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// A ticket to insert.
@@ -293,7 +398,8 @@ pub struct NewTicket<'a> {
 pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64), StoreError> {
     let public_id = next_public_id(tx, t.organization_id).await?;
     let ts = now();
-    let id: i64 = with_tx!(tx, |c| sqlx::query_scalar(
+    let id: i64 = with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "INSERT INTO tickets (organization_id, public_id, inbox_id, customer_id, subject, status, waiting_on, classification, is_spam, origin,
             description, description_html, external_recipient_emails, tags, language, has_attachments, created_by_role, created_by_user_id,
             created_at, updated_at)
@@ -317,7 +423,8 @@ pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64),
     .bind(t.created_by_user_id)
     .bind(ts)
     .fetch_one(c)
-    .await)?;
+    .await
+    })?;
     Ok((id, public_id))
 }
 
@@ -331,8 +438,14 @@ pub struct TicketState {
 }
 
 /// Writes a ticket's workflow state.
-pub async fn update_ticket_state(tx: &mut Tx, org_id: i64, ticket_id: i64, s: &TicketState) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+pub async fn update_ticket_state(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket_id: i64,
+    s: &TicketState,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE tickets SET status = $3, waiting_on = $4, classification = $5, closed_at = $6, updated_at = $7 WHERE organization_id = $1 AND id = $2"
     )
     .bind(org_id)
@@ -344,13 +457,20 @@ pub async fn update_ticket_state(tx: &mut Tx, org_id: i64, ticket_id: i64, s: &T
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Marks a ticket as having attachments and touches it.
-pub async fn touch_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64, has_attachments: bool) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+pub async fn touch_ticket(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket_id: i64,
+    has_attachments: bool,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE tickets SET has_attachments = (has_attachments OR $3), updated_at = $4 WHERE organization_id = $1 AND id = $2"
     )
     .bind(org_id)
@@ -359,7 +479,8 @@ pub async fn touch_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64, has_attachme
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -398,7 +519,8 @@ pub struct NewMessage<'a> {
 /// Inserts a message; returns its id. A duplicate key surfaces as a unique violation.
 pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<i64, StoreError> {
     let ts = now();
-    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "INSERT INTO messages (organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name,
             content, content_html, is_visible_to_customer, external_recipient_emails, subject, message_id_header, in_reply_to,
             references_header, reply_to, threaded_by, thread_note, auth_results, is_auto_reply, spam_reason, processing_notes, language,
@@ -435,7 +557,8 @@ pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<i64, Stor
     .bind(m.delivery_state)
     .bind(ts)
     .fetch_one(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// An attachment to insert.
@@ -455,7 +578,8 @@ pub struct NewAttachment<'a> {
 
 /// Inserts an attachment row (its bytes are in the blob store already).
 pub async fn insert_attachment(tx: &mut Tx, a: &NewAttachment<'_>) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO attachments (id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     )
@@ -472,20 +596,28 @@ pub async fn insert_attachment(tx: &mut Tx, a: &NewAttachment<'_>) -> Result<(),
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Records a message's outgoing delivery state (`failed`, `delayed`, ...).
-pub async fn set_delivery_state(tx: &mut Tx, org_id: i64, message_id: i64, state: &str) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query("UPDATE messages SET delivery_state = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
+pub async fn set_delivery_state(
+    tx: &mut Tx,
+    org_id: i64,
+    message_id: i64,
+    state: &str,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query("UPDATE messages SET delivery_state = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
         .bind(org_id)
         .bind(message_id)
         .bind(state)
         .bind(now())
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -504,7 +636,8 @@ pub struct InboundLog<'a> {
 
 /// Records what became of a delivery.
 pub async fn log_inbound(tx: &mut Tx, l: &InboundLog<'_>) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO inbound_log (organization_id, recipient, source, raw_sha256, outcome, detail, ticket_id, message_id, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     )
@@ -519,19 +652,26 @@ pub async fn log_inbound(tx: &mut Tx, l: &InboundLog<'_>) -> Result<(), StoreErr
     .bind(now())
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// `(ticket_id, id)` of an outgoing message.
-pub async fn outbound_message(tx: &mut Tx, org_id: i64, message_id: i64) -> Result<Option<(i64, i64)>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+pub async fn outbound_message(
+    tx: &mut Tx,
+    org_id: i64,
+    message_id: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND id = $2 AND direction = 'outbound'"
     )
     .bind(org_id)
     .bind(message_id)
     .fetch_optional(c)
-    .await)?)
+    .await
+    })?)
 }
 
 /// An inbound log row, for people and fixtures.
@@ -548,10 +688,12 @@ pub struct InboundLogRow {
 
 /// The inbound log of an organization, oldest first.
 pub async fn list_inbound_log(tx: &mut Tx, org_id: i64) -> Result<Vec<InboundLogRow>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, recipient, source, outcome, detail, ticket_id, message_id FROM inbound_log WHERE organization_id = $1 ORDER BY id"
     )
     .bind(org_id)
     .fetch_all(c)
-    .await)?)
+    .await
+    })?)
 }

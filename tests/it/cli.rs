@@ -25,7 +25,12 @@ fn sqlite_url(dir: &Path) -> String {
 }
 
 fn run(mut cmd: Command, stdin: &[u8]) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin);
     }
@@ -33,7 +38,13 @@ fn run(mut cmd: Command, stdin: &[u8]) -> Output {
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 fn code(out: &Output) -> i32 {
@@ -49,7 +60,16 @@ const MAIL: &[u8] = b"From: Alice <alice@example.com>\r\nTo: help@shop.test\r\nS
 /// `org create`, `inbox create`, `user create`, `token create`, then a delivery into the new inbox.
 fn admin_flow(dir: &Path, url: &str) {
     let mut c = gateway(dir, url);
-    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test", "--domain", "shop.example"]);
+    c.args([
+        "org",
+        "create",
+        "--name",
+        "Shop",
+        "--domain",
+        "shop.test",
+        "--domain",
+        "shop.example",
+    ]);
     let out = run(c, b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let org = json(&out);
@@ -57,7 +77,17 @@ fn admin_flow(dir: &Path, url: &str) {
     assert!(org["token"].as_str().is_some_and(|t| t.len() > 30), "{org}");
 
     let mut c = gateway(dir, url);
-    c.args(["inbox", "create", "--org", &org_id.to_string(), "--prefix", "help", "--name", "Help desk", "--auto-acknowledge"]);
+    c.args([
+        "inbox",
+        "create",
+        "--org",
+        &org_id.to_string(),
+        "--prefix",
+        "help",
+        "--name",
+        "Help desk",
+        "--auto-acknowledge",
+    ]);
     let out = run(c, b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let inbox = json(&out);
@@ -65,7 +95,16 @@ fn admin_flow(dir: &Path, url: &str) {
     assert_eq!(inbox["auto_acknowledge"], true);
 
     let mut c = gateway(dir, url);
-    c.args(["user", "create", "--org", &org_id.to_string(), "--email", "sam@shop.test", "--name", "Sam"]);
+    c.args([
+        "user",
+        "create",
+        "--org",
+        &org_id.to_string(),
+        "--email",
+        "sam@shop.test",
+        "--name",
+        "Sam",
+    ]);
     let out = run(c, b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(json(&out)["email"], "sam@shop.test");
@@ -100,7 +139,11 @@ fn admin_flow(dir: &Path, url: &str) {
     c.args(["deliver", "--recipient", "nobody@shop.test"]);
     let out = run(c, MAIL);
     assert_eq!(code(&out), 67, "{}", stderr(&out));
-    assert!(stderr(&out).contains("unknown recipient"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown recipient"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -115,7 +158,9 @@ async fn admin_commands_and_deliver_postgres() {
     let (url, name) = fresh_postgres().await;
     let path = dir.path().to_path_buf();
     let u = url.clone();
-    tokio::task::spawn_blocking(move || admin_flow(&path, &u)).await.expect("join");
+    tokio::task::spawn_blocking(move || admin_flow(&path, &u))
+        .await
+        .expect("join");
     drop_postgres(&name).await;
 }
 
@@ -127,7 +172,9 @@ fn deliver_exit_codes() {
     c.args(["org", "create", "--name", "Shop", "--domain", "shop.test"]);
     assert_eq!(code(&run(c, b"")), 0);
     let mut c = gateway(dir.path(), &url);
-    c.args(["inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help"]);
+    c.args([
+        "inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help",
+    ]);
     assert_eq!(code(&run(c, b"")), 0);
 
     // 65: empty input, and a message with no sender at all.
@@ -141,7 +188,13 @@ fn deliver_exit_codes() {
     assert!(stderr(&out).contains("no sender"), "{}", stderr(&out));
     // ... but the envelope sender rescues it.
     let mut c = gateway(dir.path(), &url);
-    c.args(["deliver", "--recipient", "help@shop.test", "--sender", "bob@example.com"]);
+    c.args([
+        "deliver",
+        "--recipient",
+        "help@shop.test",
+        "--sender",
+        "bob@example.com",
+    ]);
     let out = run(c, b"Subject: nobody sent this\r\n\r\nbody\r\n");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 
@@ -149,7 +202,8 @@ fn deliver_exit_codes() {
     let file = dir.path().join("m.eml");
     std::fs::write(&file, MAIL).expect("write");
     let mut c = gateway(dir.path(), &url);
-    c.args(["deliver", "--recipient", "help@shop.test"]).arg(&file);
+    c.args(["deliver", "--recipient", "help@shop.test"])
+        .arg(&file);
     assert_eq!(code(&run(c, b"")), 0);
 
     // 75: the database cannot be reached; the MTA keeps the mail and retries.
@@ -170,31 +224,50 @@ fn bad_configuration_names_the_key() {
         ("[smtp]\nlisen = \"127.0.0.1:25\"\n", "lisen"),
         ("[http]\nlisten = \"not an address\"\n", "http.listen"),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
-        ("[[organizations]]\nname = \"A\"\ndomains = []\n", "organizations[0].domains"),
-        ("[smtp]\nmax_message_bytes = \"lots\"\n", "max_message_bytes"),
+        (
+            "[[organizations]]\nname = \"A\"\ndomains = []\n",
+            "organizations[0].domains",
+        ),
+        (
+            "[smtp]\nmax_message_bytes = \"lots\"\n",
+            "max_message_bytes",
+        ),
     ];
     for (toml, key) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, toml).expect("write");
         let mut c = gateway(dir.path(), &url);
         // The environment would override database.url; here the file must speak.
-        c.env_remove("INITDESK_DATABASE_URL").arg("migrate").arg("--config").arg(&path);
+        c.env_remove("INITDESK_DATABASE_URL")
+            .arg("migrate")
+            .arg("--config")
+            .arg(&path);
         let out = run(c, b"");
         assert_eq!(code(&out), 78, "config {toml:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(key), "config {toml:?} should name {key}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(key),
+            "config {toml:?} should name {key}: {}",
+            stderr(&out)
+        );
     }
     // A missing file is an error too, also when named by INITDESK_CONFIG.
     let mut c = gateway(dir.path(), &url);
-    c.env("INITDESK_CONFIG", dir.path().join("missing.toml")).arg("migrate");
+    c.env("INITDESK_CONFIG", dir.path().join("missing.toml"))
+        .arg("migrate");
     let out = run(c, b"");
     assert_eq!(code(&out), 78);
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
     // Environment overrides are checked the same way.
     let mut c = gateway(dir.path(), &url);
-    c.env("INITDESK_SMTP_MAX_MESSAGE_BYTES", "many").arg("migrate");
+    c.env("INITDESK_SMTP_MAX_MESSAGE_BYTES", "many")
+        .arg("migrate");
     let out = run(c, b"");
     assert_eq!(code(&out), 78);
-    assert!(stderr(&out).contains("max_message_bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_message_bytes"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -209,10 +282,14 @@ fn config_file_declares_organizations_and_env_overrides_it() {
     let url = sqlite_url(dir.path());
     // INITDESK_DATABASE_URL (set by gateway()) wins over the file's database.url.
     let mut c = gateway(dir.path(), &url);
-    c.args(["deliver", "--recipient", "support@acme.test", "--config"]).arg(&path);
+    c.args(["deliver", "--recipient", "support@acme.test", "--config"])
+        .arg(&path);
     let out = run(c, b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(dir.path().join("data/gateway.db").exists(), "the environment override chose the database");
+    assert!(
+        dir.path().join("data/gateway.db").exists(),
+        "the environment override chose the database"
+    );
     assert!(!dir.path().join("ignored.db").exists());
     // Applying the same config again (every start-up does) changes nothing and fails nothing.
     let mut c = gateway(dir.path(), &url);
@@ -225,23 +302,33 @@ fn replay_prints_a_diff_for_a_failing_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let case = dir.path().join("cases/wrong");
     std::fs::create_dir_all(&case).expect("mkdir");
-    std::fs::write(case.join("01.eml"), MAIL.iter().copied().collect::<Vec<u8>>()).expect("eml");
+    std::fs::write(case.join("01.eml"), MAIL.to_vec()).expect("eml");
     std::fs::write(
         case.join("expected.yaml"),
         "description: expects the wrong status\nexpect:\n  outcomes: [created]\n  tickets:\n    - status: closed\n      subject: Where is my order?\n",
     )
     .expect("yaml");
     let mut c = Command::new(binary());
-    c.arg("replay").arg(dir.path().join("cases")).env("RUST_LOG", "warn");
+    c.arg("replay")
+        .arg(dir.path().join("cases"))
+        .env("RUST_LOG", "warn");
     let out = run(c, b"");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(code(&out), 1, "{stdout}");
-    assert!(stdout.contains("tickets[0].status: expected closed, found created"), "{stdout}");
-    assert!(stdout.contains("-- status: closed") && stdout.contains("+- status: created"), "a unified diff: {stdout}");
+    assert!(
+        stdout.contains("tickets[0].status: expected closed, found created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-- status: closed") && stdout.contains("+- status: created"),
+        "a unified diff: {stdout}"
+    );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 
     let mut c = Command::new(binary());
-    c.arg("replay").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cases/thread-in-reply-to")).env("RUST_LOG", "warn");
+    c.arg("replay")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cases/thread-in-reply-to"))
+        .env("RUST_LOG", "warn");
     let out = run(c, b"");
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
 }
@@ -253,7 +340,9 @@ fn parallel_delivers(dir: &Path, url: &str) {
     let out = run(c, b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut c = gateway(dir, url);
-    c.args(["inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help"]);
+    c.args([
+        "inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help",
+    ]);
     assert_eq!(code(&run(c, b"")), 0);
     let children: Vec<_> = (0..12)
         .map(|i| {
@@ -291,19 +380,27 @@ async fn parallel_processes_number_without_gaps_postgres() {
     let (url, name) = fresh_postgres().await;
     let path = dir.path().to_path_buf();
     let u = url.clone();
-    tokio::task::spawn_blocking(move || parallel_delivers(&path, &u)).await.expect("join");
+    tokio::task::spawn_blocking(move || parallel_delivers(&path, &u))
+        .await
+        .expect("join");
     drop_postgres(&name).await;
 }
 
 /// A free port on 127.0.0.1 (bound then released).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -314,7 +411,7 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     // No config file and no database variables: the embedded defaults (SQLite under ./data/).
-    let mut child = Command::new(binary())
+    let child = Command::new(binary())
         .current_dir(dir.path())
         .env_remove("INITDESK_CONFIG")
         .env_remove("INITDESK_DATABASE_URL")
@@ -336,10 +433,24 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let ready = ready.expect("serve answers /readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(http_get(port, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
-    assert!(dir.path().join("data/gateway.db").exists(), "SQLite under ./data/ by default");
+    assert!(
+        dir.path().join("data/gateway.db").exists(),
+        "SQLite under ./data/ by default"
+    );
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "clean exit on SIGTERM: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
 }

@@ -11,10 +11,26 @@ fn cases_dir() -> PathBuf {
 }
 
 async fn run_all(db: CaseDatabase) {
-    let reports = replay::run_dir(&cases_dir(), &db).await.expect("fixture cases run");
-    assert!(reports.len() >= 40, "SPEC 5.6 asks for at least 40 cases, found {}", reports.len());
-    let failed: Vec<String> = reports.iter().filter(|r| !r.passed).map(|r| format!("=== {} ===\n{}", r.name, r.diff)).collect();
-    assert!(failed.is_empty(), "{} of {} fixture cases failed:\n\n{}", failed.len(), reports.len(), failed.join("\n\n"));
+    let reports = replay::run_dir(&cases_dir(), &db)
+        .await
+        .expect("fixture cases run");
+    assert!(
+        reports.len() >= 40,
+        "SPEC 5.6 asks for at least 40 cases, found {}",
+        reports.len()
+    );
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("=== {} ===\n{}", r.name, r.diff))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} fixture cases failed:\n\n{}",
+        failed.len(),
+        reports.len(),
+        failed.join("\n\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,13 +10,18 @@ use initdesk_gateway::store::{self, Store, orgs};
 /// The PostgreSQL server tests use. It must be running: the README test command starts it,
 /// and a test that cannot reach it fails rather than skipping.
 pub fn postgres_url() -> String {
-    std::env::var("INITDESK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("INITDESK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// `../shared/corpus`, which must exist beside the project.
 pub fn corpus_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    assert!(dir.is_dir(), "the shared mail corpus is missing at {} (it lives beside the project checkout)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "the shared mail corpus is missing at {} (it lives beside the project checkout)",
+        dir.display()
+    );
     dir
 }
 
@@ -37,17 +42,19 @@ pub struct TestGateway {
     pub store: Store,
     pub pipeline: Pipeline,
     pub dir: tempfile::TempDir,
-    pub url: String,
     pg_name: Option<String>,
 }
 
 impl TestGateway {
     /// A new gateway on `db` with the default fixture world (Acme and Globex).
     pub async fn new(db: Db) -> TestGateway {
-        Self::with_settings(db, Settings {
-            public_url: "http://gateway.test".into(),
-            ..Settings::default()
-        })
+        Self::with_settings(
+            db,
+            Settings {
+                public_url: "http://gateway.test".into(),
+                ..Settings::default()
+            },
+        )
         .await
     }
 
@@ -55,7 +62,10 @@ impl TestGateway {
     pub async fn with_settings(db: Db, settings: Settings) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let (url, pg_name) = match db {
-            Db::Sqlite => (format!("sqlite://{}", dir.path().join("gateway.db").display()), None),
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.path().join("gateway.db").display()),
+                None,
+            ),
             Db::Postgres => {
                 let (url, name) = fresh_postgres().await;
                 (url, Some(name))
@@ -67,8 +77,18 @@ impl TestGateway {
             orgs::apply_config(&mut tx, &org).await.expect("world");
         }
         tx.commit().await.expect("commit");
-        let pipeline = Pipeline::new(store.clone(), Arc::new(FsBlobStore::new(dir.path().join("blobs"))), settings, ReplyTokens::new(b"test-secret".to_vec()));
-        TestGateway { store, pipeline, dir, url, pg_name }
+        let pipeline = Pipeline::new(
+            store.clone(),
+            Arc::new(FsBlobStore::new(dir.path().join("blobs"))),
+            settings,
+            ReplyTokens::new(b"test-secret".to_vec()),
+        );
+        TestGateway {
+            store,
+            pipeline,
+            dir,
+            pg_name,
+        }
     }
 
     /// Drops the PostgreSQL database, if any.
@@ -86,18 +106,30 @@ pub async fn fresh_postgres() -> (String, String) {
     let base = postgres_url();
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is required at {base} (the test command starts it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required at {base} (the test command starts it): {e}")
+        });
     let name = format!("idk_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
     conn.close().await.expect("close");
-    (initdesk_gateway::replay::replace_db_name(&base, &name), name)
+    (
+        initdesk_gateway::replay::replace_db_name(&base, &name),
+        name,
+    )
 }
 
 /// Drops a database made by [`fresh_postgres`].
 pub async fn drop_postgres(name: &str) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
         let _ = conn.close().await;
     }
 }

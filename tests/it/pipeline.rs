@@ -39,7 +39,8 @@ async fn poison(store: &Store) {
                 "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.subject = 'poison' THEN RAISE EXCEPTION 'poisoned message'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
                 "CREATE TRIGGER poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION poison()",
             ] {
-                with_tx!(&mut tx, |c| sqlx::query(sql).execute(c).await.map(|_| ())).expect("trigger");
+                with_tx!(&mut tx, |c| sqlx::query(sql).execute(c).await.map(|_| ()))
+                    .expect("trigger");
             }
         }
     }
@@ -48,20 +49,32 @@ async fn poison(store: &Store) {
 
 async fn cure(store: &Store) {
     let mut tx = store.begin().await.expect("begin");
-    with_tx!(&mut tx, |c| sqlx::query("DROP TRIGGER poison ON messages").execute(c).await.map(|_| ()))
-        .or_else(|_| Ok::<(), sqlx::Error>(()))
-        .expect("drop");
+    with_tx!(&mut tx, |c| sqlx::query("DROP TRIGGER poison ON messages")
+        .execute(c)
+        .await
+        .map(|_| ()))
+    .or_else(|_| Ok::<(), sqlx::Error>(()))
+    .expect("drop");
     tx.commit().await.expect("commit");
     if let Store::Sqlite(_) = store {
         let mut tx = store.begin().await.expect("begin");
-        with_tx!(&mut tx, |c| sqlx::query("DROP TRIGGER IF EXISTS poison").execute(c).await.map(|_| ())).expect("drop");
+        with_tx!(&mut tx, |c| sqlx::query("DROP TRIGGER IF EXISTS poison")
+            .execute(c)
+            .await
+            .map(|_| ()))
+        .expect("drop");
         tx.commit().await.expect("commit");
     }
 }
 
 async fn public_ids(store: &Store) -> Vec<i64> {
     let mut tx = store.begin_read().await.expect("begin");
-    let ids = tickets::list_tickets(&mut tx, 1).await.expect("tickets").into_iter().map(|t| t.public_id).collect();
+    let ids = tickets::list_tickets(&mut tx, 1)
+        .await
+        .expect("tickets")
+        .into_iter()
+        .map(|t| t.public_id)
+        .collect();
     tx.rollback().await.expect("rollback");
     ids
 }
@@ -70,13 +83,29 @@ async fn quarantine_then_reprocess(db: Db) {
     let gw = TestGateway::new(db).await;
     poison(&gw.store).await;
     let batch = vec![
-        Delivery { raw: mail("a@example.com", "first", "one"), envelope: to_support() },
-        Delivery { raw: mail("b@example.com", "poison", "two"), envelope: to_support() },
-        Delivery { raw: mail("c@example.com", "third", "three"), envelope: to_support() },
+        Delivery {
+            raw: mail("a@example.com", "first", "one"),
+            envelope: to_support(),
+        },
+        Delivery {
+            raw: mail("b@example.com", "poison", "two"),
+            envelope: to_support(),
+        },
+        Delivery {
+            raw: mail("c@example.com", "third", "three"),
+            envelope: to_support(),
+        },
     ];
     let results = gw.pipeline.ingest_batch(batch).await;
-    let kinds: Vec<&str> = results.iter().map(|r| r.as_ref().map(Outcome::kind).unwrap_or("error")).collect();
-    assert_eq!(kinds, ["created", "quarantined", "created"], "one bad message never blocks the others: {results:?}");
+    let kinds: Vec<&str> = results
+        .iter()
+        .map(|r| r.as_ref().map(Outcome::kind).unwrap_or("error"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "quarantined", "created"],
+        "one bad message never blocks the others: {results:?}"
+    );
     // The quarantined message gave its ticket number back: numbering stays gap-free.
     assert_eq!(public_ids(&gw.store).await, vec![1, 2]);
 
@@ -84,18 +113,36 @@ async fn quarantine_then_reprocess(db: Db) {
     let open = quarantine::list_open(&mut tx, Some(1)).await.expect("list");
     tx.rollback().await.expect("rollback");
     assert_eq!(open.len(), 1);
-    assert!(open[0].reason.contains("poisoned message"), "{}", open[0].reason);
-    assert!(String::from_utf8_lossy(&open[0].raw).contains("Subject: poison"), "the raw message is kept");
+    assert!(
+        open[0].reason.contains("poisoned message"),
+        "{}",
+        open[0].reason
+    );
+    assert!(
+        String::from_utf8_lossy(&open[0].raw).contains("Subject: poison"),
+        "the raw message is kept"
+    );
 
     // Still broken: stays in quarantine, attempts counted.
     let again = gw.pipeline.reprocess(open[0].id).await.expect("reprocess");
     assert_eq!(again.kind(), "quarantined");
     cure(&gw.store).await;
     let fixed = gw.pipeline.reprocess(open[0].id).await.expect("reprocess");
-    assert!(matches!(fixed, Outcome::Created { public_id: 3, .. }), "{fixed:?}");
+    assert!(
+        matches!(fixed, Outcome::Created { public_id: 3, .. }),
+        "{fixed:?}"
+    );
     let mut tx = gw.store.begin_read().await.expect("begin");
-    assert!(quarantine::list_open(&mut tx, None).await.expect("list").is_empty());
-    let entry = quarantine::get(&mut tx, open[0].id).await.expect("get").expect("entry");
+    assert!(
+        quarantine::list_open(&mut tx, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let entry = quarantine::get(&mut tx, open[0].id)
+        .await
+        .expect("get")
+        .expect("entry");
     tx.rollback().await.expect("rollback");
     assert_eq!(entry.attempts, 2);
     assert_eq!(entry.resolution, "created");
@@ -115,8 +162,15 @@ async fn quarantine_and_reprocess_postgres() {
 async fn database_down_is_temporary(db: Db) {
     let gw = TestGateway::new(db).await;
     gw.store.close().await;
-    let err = gw.pipeline.ingest(&mail("a@example.com", "hi", "x"), &to_support()).await.expect_err("database is closed");
-    assert!(err.is_transient(), "a database failure is temporary, not a drop: {err:?}");
+    let err = gw
+        .pipeline
+        .ingest(&mail("a@example.com", "hi", "x"), &to_support())
+        .await
+        .expect_err("database is closed");
+    assert!(
+        err.is_transient(),
+        "a database failure is temporary, not a drop: {err:?}"
+    );
     gw.cleanup().await;
 }
 
@@ -137,8 +191,16 @@ async fn concurrent_numbering(db: Db) {
     for i in 0..40 {
         let p = gw.pipeline.clone();
         tasks.push(tokio::spawn(async move {
-            let subject = if i % 7 == 3 { "poison".to_string() } else { format!("request {i}") };
-            p.ingest(&mail(&format!("c{i}@example.com"), &subject, "hello"), &to_support()).await
+            let subject = if i % 7 == 3 {
+                "poison".to_string()
+            } else {
+                format!("request {i}")
+            };
+            p.ingest(
+                &mail(&format!("c{i}@example.com"), &subject, "hello"),
+                &to_support(),
+            )
+            .await
         }));
     }
     let mut created = 0;
@@ -149,7 +211,11 @@ async fn concurrent_numbering(db: Db) {
     }
     let mut ids = public_ids(&gw.store).await;
     ids.sort();
-    assert_eq!(ids, (1..=created).collect::<Vec<i64>>(), "public_id is gap-free under concurrency");
+    assert_eq!(
+        ids,
+        (1..=created).collect::<Vec<i64>>(),
+        "public_id is gap-free under concurrency"
+    );
     gw.cleanup().await;
 }
 
@@ -175,20 +241,35 @@ async fn raw_mail_and_attachments_are_kept_once() {
         .into_bytes()
     };
     let first = with_attachment("a@example.com");
-    gw.pipeline.ingest(&first, &to_support()).await.expect("first");
-    gw.pipeline.ingest(&with_attachment("b@example.com"), &to_support()).await.expect("second");
+    gw.pipeline
+        .ingest(&first, &to_support())
+        .await
+        .expect("first");
+    gw.pipeline
+        .ingest(&with_attachment("b@example.com"), &to_support())
+        .await
+        .expect("second");
 
     let mut tx = gw.store.begin_read().await.expect("begin");
     let mut shas = HashSet::new();
     let mut raw_shas = Vec::new();
     for t in tickets::list_tickets(&mut tx, 1).await.expect("tickets") {
         assert!(t.has_attachments);
-        for m in tickets::list_messages(&mut tx, 1, t.id).await.expect("messages") {
+        for m in tickets::list_messages(&mut tx, 1, t.id)
+            .await
+            .expect("messages")
+        {
             raw_shas.push(m.raw_sha256.clone().expect("raw kept"));
-            for a in tickets::list_attachments(&mut tx, 1, m.id).await.expect("attachments") {
+            for a in tickets::list_attachments(&mut tx, 1, m.id)
+                .await
+                .expect("attachments")
+            {
                 assert_eq!(a.name, "invoice.pdf");
                 assert_eq!(a.content_type, "application/pdf");
-                assert!(uuid::Uuid::parse_str(&a.id).is_ok(), "attachment ids are UUIDs");
+                assert!(
+                    uuid::Uuid::parse_str(&a.id).is_ok(),
+                    "attachment ids are UUIDs"
+                );
                 shas.insert(a.sha256);
             }
         }
@@ -197,17 +278,40 @@ async fn raw_mail_and_attachments_are_kept_once() {
     assert_eq!(shas.len(), 1, "the same attachment is stored once");
     let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
     let sha = shas.into_iter().next().expect("sha");
-    assert!(blobs.get(BlobKind::Attachment, &sha).expect("blob").starts_with(b"%PDF-1.4"));
-    assert_eq!(blobs.get(BlobKind::RawMail, &raw_shas[0]).expect("raw"), first, "raw bytes come back exactly");
+    assert!(
+        blobs
+            .get(BlobKind::Attachment, &sha)
+            .expect("blob")
+            .starts_with(b"%PDF-1.4")
+    );
+    assert_eq!(
+        blobs.get(BlobKind::RawMail, &raw_shas[0]).expect("raw"),
+        first,
+        "raw bytes come back exactly"
+    );
     gw.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_recipient_stores_nothing() {
     let gw = TestGateway::new(Db::Sqlite).await;
-    let err = gw.pipeline.ingest(&mail("a@example.com", "x", "y"), &Envelope::to("nobody@acme.test", Source::Replay)).await.expect_err("unknown");
+    let err = gw
+        .pipeline
+        .ingest(
+            &mail("a@example.com", "x", "y"),
+            &Envelope::to("nobody@acme.test", Source::Replay),
+        )
+        .await
+        .expect_err("unknown");
     assert!(matches!(err, IngestError::UnknownRecipient(_)), "{err:?}");
-    let err = gw.pipeline.ingest(&mail("a@example.com", "x", "y"), &Envelope::to("support@elsewhere.test", Source::Replay)).await.expect_err("unknown");
+    let err = gw
+        .pipeline
+        .ingest(
+            &mail("a@example.com", "x", "y"),
+            &Envelope::to("support@elsewhere.test", Source::Replay),
+        )
+        .await
+        .expect_err("unknown");
     assert!(matches!(err, IngestError::UnknownRecipient(_)), "{err:?}");
     assert!(public_ids(&gw.store).await.is_empty());
     gw.cleanup().await;

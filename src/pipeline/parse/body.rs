@@ -4,7 +4,10 @@
 pub fn html_to_text(html: &str, max_bytes: usize) -> String {
     let input = truncate_at_char(html, max_bytes);
     let converted = std::panic::catch_unwind(|| {
-        html2text::config::plain_no_decorate().allow_width_overflow().no_table_borders().string_from_read(input.as_bytes(), 1000)
+        html2text::config::plain_no_decorate()
+            .allow_width_overflow()
+            .no_table_borders()
+            .string_from_read(input.as_bytes(), 1000)
     });
     let text = match converted {
         Ok(Ok(text)) => text,
@@ -39,7 +42,11 @@ fn strip_tags(html: &str) -> String {
             _ => {}
         }
     }
-    out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&")
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
 }
 
 /// Trims trailing space on each line and collapses runs of blank lines.

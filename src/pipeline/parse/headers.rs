@@ -11,11 +11,17 @@ pub struct HeaderFacts {
 }
 
 impl HeaderFacts {
-    pub(super) fn from_message(message: &mail_parser::Message<'_>, max_headers: usize, notes: &mut Vec<String>) -> Self {
+    pub(super) fn from_message(
+        message: &mail_parser::Message<'_>,
+        max_headers: usize,
+        notes: &mut Vec<String>,
+    ) -> Self {
         let mut fields = Vec::new();
         for (i, (name, value)) in message.headers_raw().enumerate() {
             if i == max_headers {
-                notes.push(format!("message has more than {max_headers} header fields; the rest were not read"));
+                notes.push(format!(
+                    "message has more than {max_headers} header fields; the rest were not read"
+                ));
                 break;
             }
             fields.push((name.to_ascii_lowercase(), super::one_line(value)));
@@ -23,24 +29,40 @@ impl HeaderFacts {
         let ct = message.content_type();
         HeaderFacts {
             fields,
-            content_type: ct.map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default()).to_ascii_lowercase()).unwrap_or_default(),
-            report_type: ct.and_then(|c| c.attribute("report-type")).unwrap_or_default().to_ascii_lowercase(),
+            content_type: ct
+                .map(|c| {
+                    format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default())
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default(),
+            report_type: ct
+                .and_then(|c| c.attribute("report-type"))
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
         }
     }
 
     /// Every value of a header field (name in lower case).
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.fields.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of a header field (name in lower case).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Parsed `Authentication-Results` fields.
     pub fn auth_results(&self) -> Vec<AuthResult> {
-        self.all("authentication-results").filter_map(AuthResult::parse).collect()
+        self.all("authentication-results")
+            .filter_map(AuthResult::parse)
+            .collect()
     }
 }
 
@@ -56,7 +78,11 @@ pub struct AuthResult {
 impl AuthResult {
     fn parse(value: &str) -> Option<AuthResult> {
         let mut parts = value.split(';');
-        let authserv_id = parts.next()?.split_whitespace().next()?.to_ascii_lowercase();
+        let authserv_id = parts
+            .next()?
+            .split_whitespace()
+            .next()?
+            .to_ascii_lowercase();
         let mut out = AuthResult {
             authserv_id,
             dkim: String::new(),
@@ -64,8 +90,14 @@ impl AuthResult {
             spf: String::new(),
         };
         for part in parts {
-            let Some((method, rest)) = part.trim().split_once('=') else { continue };
-            let result = rest.split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or_default().to_ascii_lowercase();
+            let Some((method, rest)) = part.trim().split_once('=') else {
+                continue;
+            };
+            let result = rest
+                .split(|c: char| c.is_whitespace() || c == '(')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let slot = match method.trim().to_ascii_lowercase().as_str() {
                 "dkim" => &mut out.dkim,
                 "dmarc" => &mut out.dmarc,
@@ -101,7 +133,14 @@ pub struct BounceReport {
 impl BounceReport {
     /// A one-line reason a person can read.
     pub fn reason(&self) -> String {
-        let mut s = format!("delivery {}", if self.action.is_empty() { "failed" } else { &self.action });
+        let mut s = format!(
+            "delivery {}",
+            if self.action.is_empty() {
+                "failed"
+            } else {
+                &self.action
+            }
+        );
         if !self.final_recipient.is_empty() {
             s.push_str(&format!(" to {}", self.final_recipient));
         }
@@ -124,32 +163,41 @@ impl BounceReport {
 pub(super) fn bounce_report(message: &mail_parser::Message<'_>) -> Option<BounceReport> {
     let ct = message.content_type()?;
     if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
-        || !ct.attribute("report-type").is_some_and(|r| r.eq_ignore_ascii_case("delivery-status"))
+        || !ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        || !ct
+            .attribute("report-type")
+            .is_some_and(|r| r.eq_ignore_ascii_case("delivery-status"))
     {
         return None;
     }
     let mut report = BounceReport::default();
     for part in &message.parts {
-        let Some(pct) = part.content_type() else { continue };
-        let kind = format!("{}/{}", pct.ctype(), pct.subtype().unwrap_or_default()).to_ascii_lowercase();
+        let Some(pct) = part.content_type() else {
+            continue;
+        };
+        let kind =
+            format!("{}/{}", pct.ctype(), pct.subtype().unwrap_or_default()).to_ascii_lowercase();
         match kind.as_str() {
             "message/delivery-status" | "message/global-delivery-status" => {
                 let text = String::from_utf8_lossy(part.contents());
                 read_status_fields(&text, &mut report);
             }
-            "message/rfc822" | "message/global" => {
-                if report.original_message_id.is_none() {
-                    report.original_message_id = match &part.body {
-                        PartType::Message(m) => m.message_id().map(super::clean_id),
-                        _ => MessageParser::default().parse_headers(part.contents()).and_then(|m| m.message_id().map(super::clean_id)),
-                    };
-                }
+            "message/rfc822" | "message/global" if report.original_message_id.is_none() => {
+                report.original_message_id = match &part.body {
+                    PartType::Message(m) => m.message_id().map(super::clean_id),
+                    _ => MessageParser::default()
+                        .parse_headers(part.contents())
+                        .and_then(|m| m.message_id().map(super::clean_id)),
+                };
             }
-            "text/rfc822-headers" | "message/rfc822-headers" | "message/global-headers" => {
-                if report.original_message_id.is_none() {
-                    report.original_message_id = MessageParser::default().parse_headers(part.contents()).and_then(|m| m.message_id().map(super::clean_id));
-                }
+            "text/rfc822-headers" | "message/rfc822-headers" | "message/global-headers"
+                if report.original_message_id.is_none() =>
+            {
+                report.original_message_id = MessageParser::default()
+                    .parse_headers(part.contents())
+                    .and_then(|m| m.message_id().map(super::clean_id));
             }
             _ => {}
         }
@@ -171,7 +219,9 @@ fn read_status_fields(text: &str, report: &mut BounceReport) {
         lines.push(line.trim_end().to_string());
     }
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = super::one_line(value);
         let slot = match name.trim().to_ascii_lowercase().as_str() {
             "action" => &mut report.action,
@@ -183,7 +233,9 @@ fn read_status_fields(text: &str, report: &mut BounceReport) {
         if slot.is_empty() {
             *slot = match name.trim().to_ascii_lowercase().as_str() {
                 "action" => value.to_ascii_lowercase(),
-                "final-recipient" => value.split_once(';').map_or(value.clone(), |(_, a)| a.trim().to_string()),
+                "final-recipient" => value
+                    .split_once(';')
+                    .map_or(value.clone(), |(_, a)| a.trim().to_string()),
                 _ => value,
             };
         }

@@ -6,7 +6,9 @@ pub fn detect_language(text: &str) -> String {
     if sample.split_whitespace().count() < 3 {
         return String::new();
     }
-    let Some(info) = whatlang::detect(sample) else { return String::new() };
+    let Some(info) = whatlang::detect(sample) else {
+        return String::new();
+    };
     if !info.is_reliable() {
         return String::new();
     }
@@ -22,8 +24,18 @@ mod tests {
 
     #[test]
     fn detects_common_languages() {
-        assert_eq!(detect_language("Hello, my printer does not work any more since yesterday. Can you please help me with it?"), "en");
-        assert_eq!(detect_language("Hallo, mein Drucker funktioniert seit gestern nicht mehr. Können Sie mir bitte helfen?"), "de");
+        assert_eq!(
+            detect_language(
+                "Hello, my printer does not work any more since yesterday. Can you please help me with it?"
+            ),
+            "en"
+        );
+        assert_eq!(
+            detect_language(
+                "Hallo, mein Drucker funktioniert seit gestern nicht mehr. Können Sie mir bitte helfen?"
+            ),
+            "de"
+        );
         assert_eq!(detect_language("ok"), "");
     }
 }

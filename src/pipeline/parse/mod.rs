@@ -61,7 +61,10 @@ pub fn parse(raw: &[u8], limits: &LimitsConfig) -> ParsedMail {
     let mut notes = Vec::new();
     let max = usize::try_from(limits.max_parse_bytes).unwrap_or(usize::MAX);
     let input = if raw.len() > max {
-        notes.push(format!("message is {} bytes; only the first {max} were parsed", raw.len()));
+        notes.push(format!(
+            "message is {} bytes; only the first {max} were parsed",
+            raw.len()
+        ));
         &raw[..max]
     } else {
         raw
@@ -90,13 +93,24 @@ pub fn parse_guarded(raw: &[u8], limits: &LimitsConfig) -> Result<ParsedMail, St
     })
 }
 
-fn from_message(message: &mail_parser::Message<'_>, limits: &LimitsConfig, notes: &mut Vec<String>) -> ParsedMail {
+fn from_message(
+    message: &mail_parser::Message<'_>,
+    limits: &LimitsConfig,
+    notes: &mut Vec<String>,
+) -> ParsedMail {
     if message.parts.len() > limits.max_parts {
-        notes.push(format!("message has {} MIME parts; only the first {} were read", message.parts.len(), limits.max_parts));
+        notes.push(format!(
+            "message has {} MIME parts; only the first {} were read",
+            message.parts.len(),
+            limits.max_parts
+        ));
     }
     let depth = nesting_depth(message);
     if depth > limits.max_depth {
-        notes.push(format!("MIME nesting is {depth} deep; parts below depth {} were not read", limits.max_depth));
+        notes.push(format!(
+            "MIME nesting is {depth} deep; parts below depth {} were not read",
+            limits.max_depth
+        ));
     }
     let headers = HeaderFacts::from_message(message, limits.max_headers, notes);
 
@@ -113,7 +127,12 @@ fn from_message(message: &mail_parser::Message<'_>, limits: &LimitsConfig, notes
         }
     }
     let bounce = headers::bounce_report(message);
-    let attachments = attachments::collect(message, limits, depth_limited_parts(message, limits.max_depth), notes);
+    let attachments = attachments::collect(
+        message,
+        limits,
+        depth_limited_parts(message, limits.max_depth),
+        notes,
+    );
 
     ParsedMail {
         from: first_mailbox(message.from()),
@@ -125,7 +144,9 @@ fn from_message(message: &mail_parser::Message<'_>, limits: &LimitsConfig, notes
         message_id: message.message_id().map(clean_id).filter(|s| !s.is_empty()),
         in_reply_to: id_list(message.in_reply_to()),
         references: id_list(message.references()),
-        date: message.date().and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0)),
+        date: message
+            .date()
+            .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0)),
         text: join_bodies(&text),
         html: html.join("\n"),
         attachments,
@@ -141,11 +162,16 @@ fn fallback(raw: &[u8]) -> ParsedMail {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = split_head_body(&text);
     let header = |name: &str| {
-        head.lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+        head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        })
     };
     let from = header("from").and_then(|v| {
-        let addr = v.rsplit_once('<').map_or(v.as_str(), |(_, a)| a.trim_end_matches('>'));
+        let addr = v
+            .rsplit_once('<')
+            .map_or(v.as_str(), |(_, a)| a.trim_end_matches('>'));
         crate::address::parse_addr_spec(addr).map(|a| Mailbox {
             email: format!("{}@{}", a.local, a.domain),
             name: String::new(),
@@ -154,7 +180,9 @@ fn fallback(raw: &[u8]) -> ParsedMail {
     ParsedMail {
         from,
         subject: header("subject").map(|s| one_line(&s)).unwrap_or_default(),
-        message_id: header("message-id").map(|s| clean_id(&s)).filter(|s| !s.is_empty()),
+        message_id: header("message-id")
+            .map(|s| clean_id(&s))
+            .filter(|s| !s.is_empty()),
         text: body.to_string(),
         ..ParsedMail::default()
     }
@@ -170,13 +198,22 @@ fn split_head_body(text: &str) -> (&str, &str) {
 }
 
 fn nesting_depth(message: &mail_parser::Message<'_>) -> usize {
-    fn walk(message: &mail_parser::Message<'_>, id: u32, depth: usize, budget: &mut usize) -> usize {
+    fn walk(
+        message: &mail_parser::Message<'_>,
+        id: u32,
+        depth: usize,
+        budget: &mut usize,
+    ) -> usize {
         if *budget == 0 {
             return depth;
         }
         *budget -= 1;
         match message.part(id).map(|p| &p.body) {
-            Some(PartType::Multipart(children)) => children.iter().map(|c| walk(message, *c, depth + 1, budget)).max().unwrap_or(depth),
+            Some(PartType::Multipart(children)) => children
+                .iter()
+                .map(|c| walk(message, *c, depth + 1, budget))
+                .max()
+                .unwrap_or(depth),
             _ => depth,
         }
     }
@@ -211,7 +248,10 @@ fn mailboxes(addr: Option<&Address<'_>>) -> Vec<Mailbox> {
             crate::address::parse_addr_spec(email)?;
             Some(Mailbox {
                 email: email.to_string(),
-                name: one_line(a.name().unwrap_or_default()).trim_matches(|c| c == '"' || c == '\'').trim().to_string(),
+                name: one_line(a.name().unwrap_or_default())
+                    .trim_matches(|c| c == '"' || c == '\'')
+                    .trim()
+                    .to_string(),
             })
         })
         .collect()
@@ -223,12 +263,20 @@ fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
         HeaderValue::TextList(l) => l.iter().map(|t| clean_id(t)).collect(),
         _ => Vec::new(),
     };
-    list.into_iter().filter(|s| !s.is_empty()).take(100).collect()
+    list.into_iter()
+        .filter(|s| !s.is_empty())
+        .take(100)
+        .collect()
 }
 
 /// A Message-ID without brackets or white space, as stored and compared.
 pub fn clean_id(id: &str) -> String {
-    id.trim().trim_start_matches('<').trim_end_matches('>').chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect()
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .collect()
 }
 
 /// Folds a header value onto one line with no control characters (CR/LF never survive).
@@ -250,7 +298,13 @@ pub fn one_line(s: &str) -> String {
 }
 
 fn join_bodies(parts: &[&str]) -> String {
-    parts.iter().map(|p| p.trim_end_matches(['\r', '\n'])).filter(|p| !p.trim().is_empty()).collect::<Vec<_>>().join("\n\n").replace("\r\n", "\n")
+    parts
+        .iter()
+        .map(|p| p.trim_end_matches(['\r', '\n']))
+        .filter(|p| !p.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+        .replace("\r\n", "\n")
 }
 
 /// Identifies "the same mail" across an MTA retry, two inboxes, or IMAP after SMTP: the
@@ -261,18 +315,27 @@ fn dedupe_key(mail: &ParsedMail, raw: &[u8]) -> String {
     for field in [
         mail.message_id.as_deref().unwrap_or(""),
         mail.from.as_ref().map_or("", |m| m.email.as_str()),
-        &mail.date.map(|d| d.timestamp().to_string()).unwrap_or_default(),
+        &mail
+            .date
+            .map(|d| d.timestamp().to_string())
+            .unwrap_or_default(),
         &mail.subject,
     ] {
         h.update(field.as_bytes());
         h.update([0]);
     }
-    let body_start = find(raw, b"\r\n\r\n").map(|i| i + 4).or_else(|| find(raw, b"\n\n").map(|i| i + 2)).unwrap_or(raw.len());
+    let body_start = find(raw, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| find(raw, b"\n\n").map(|i| i + 2))
+        .unwrap_or(raw.len());
     let body = &raw[body_start..];
     // Line endings and trailing white space differ between SMTP, LMTP and IMAP copies.
     for line in body.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let end = line.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        let end = line
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
         h.update(&line[..end]);
         h.update(b"\n");
     }
@@ -306,7 +369,13 @@ mod tests {
 
     #[test]
     fn garbage_still_parses() {
-        for raw in [&b""[..], b"\x00\x01\x02", b"no headers at all", b"From:\r\n\r\n", b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"] {
+        for raw in [
+            &b""[..],
+            b"\x00\x01\x02",
+            b"no headers at all",
+            b"From:\r\n\r\n",
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n",
+        ] {
             let _ = parse(raw, &limits());
         }
     }
@@ -330,7 +399,11 @@ mod tests {
             ..limits()
         };
         let m = parse(&raw, &l);
-        assert!(m.notes.iter().any(|n| n.contains("only the first 1000")), "{:?}", m.notes);
+        assert!(
+            m.notes.iter().any(|n| n.contains("only the first 1000")),
+            "{:?}",
+            m.notes
+        );
         assert_eq!(m.from.expect("from").email, "a@b.c");
     }
 }

@@ -4,7 +4,13 @@ use crate::pipeline::parse::HeaderFacts;
 
 /// Why a message counts as automatic, or `None` for mail written by a person.
 pub fn detect(headers: &HeaderFacts, envelope_from: Option<&str>) -> Option<String> {
-    let first_word = |v: &str| v.split([';', ' ', '(']).next().unwrap_or_default().trim().to_ascii_lowercase();
+    let first_word = |v: &str| {
+        v.split([';', ' ', '('])
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
     if let Some(v) = headers.get("auto-submitted")
         && first_word(v) != "no"
         && !v.trim().is_empty()
@@ -17,16 +23,22 @@ pub fn detect(headers: &HeaderFacts, envelope_from: Option<&str>) -> Option<Stri
         }
     }
     if let Some(v) = headers.get("precedence")
-        && matches!(first_word(v).as_str(), "bulk" | "junk" | "list" | "auto_reply")
+        && matches!(
+            first_word(v).as_str(),
+            "bulk" | "junk" | "list" | "auto_reply"
+        )
     {
         return Some(format!("Precedence: {v}"));
     }
     if let Some(v) = headers.get("x-auto-response-suppress")
-        && v.split(',').any(|p| matches!(p.trim().to_ascii_lowercase().as_str(), "all" | "oof"))
+        && v.split(',')
+            .any(|p| matches!(p.trim().to_ascii_lowercase().as_str(), "all" | "oof"))
     {
         return Some(format!("X-Auto-Response-Suppress: {v}"));
     }
-    if headers.all("return-path").any(|v| v.trim() == "<>") || envelope_from.is_some_and(|f| f.trim().trim_matches(['<', '>']).is_empty()) {
+    if headers.all("return-path").any(|v| v.trim() == "<>")
+        || envelope_from.is_some_and(|f| f.trim().trim_matches(['<', '>']).is_empty())
+    {
         return Some("null Return-Path".into());
     }
     None
@@ -38,7 +50,10 @@ mod tests {
 
     fn facts(fields: &[(&str, &str)]) -> HeaderFacts {
         HeaderFacts {
-            fields: fields.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            fields: fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             ..HeaderFacts::default()
         }
     }

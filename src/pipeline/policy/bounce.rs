@@ -16,7 +16,12 @@ pub struct Linked {
 
 /// Links a bounce to the outgoing message it is about (VERP address first, then the
 /// returned Message-ID) and records it there; `None` when it is about no message of ours.
-pub async fn apply(tx: &mut Tx, route: &Route, report: &BounceReport, tokens: &ReplyTokens) -> Result<Option<Linked>, StoreError> {
+pub async fn apply(
+    tx: &mut Tx,
+    route: &Route,
+    report: &BounceReport,
+    tokens: &ReplyTokens,
+) -> Result<Option<Linked>, StoreError> {
     let org_id = route.entry.org.id;
     let mut target = None;
     if let Some(detail) = route.detail.as_deref()
@@ -24,11 +29,15 @@ pub async fn apply(tx: &mut Tx, route: &Route, report: &BounceReport, tokens: &R
     {
         target = tickets::outbound_message(tx, org_id, message_id)
             .await?
-            .map(|(ticket_id, message_id)| Linked { ticket_id, message_id });
+            .map(|(ticket_id, message_id)| Linked {
+                ticket_id,
+                message_id,
+            });
     }
     if target.is_none()
         && let Some(original) = &report.original_message_id
-        && let Some((_, m)) = tickets::find_by_message_ids(tx, org_id, std::slice::from_ref(original)).await?
+        && let Some((_, m)) =
+            tickets::find_by_message_ids(tx, org_id, std::slice::from_ref(original)).await?
         && m.direction == "outbound"
     {
         target = Some(Linked {
@@ -36,7 +45,9 @@ pub async fn apply(tx: &mut Tx, route: &Route, report: &BounceReport, tokens: &R
             message_id: m.id,
         });
     }
-    let Some(linked) = target else { return Ok(None) };
+    let Some(linked) = target else {
+        return Ok(None);
+    };
     let reason = report.reason();
     if report.is_failure() {
         tickets::set_delivery_state(tx, org_id, linked.message_id, "failed").await?;

@@ -11,16 +11,26 @@ pub fn creation_list(org: &OrgEntry, mail: &ParsedMail, requester: &str) -> Vec<
 
 /// One message's snapshot: From, To and Cc minus inbox addresses, requester first.
 pub fn message_snapshot(org: &OrgEntry, mail: &ParsedMail, requester: &str) -> Vec<String> {
-    build(org, requester, mail.from.iter().chain(&mail.to).chain(&mail.cc))
+    build(
+        org,
+        requester,
+        mail.from.iter().chain(&mail.to).chain(&mail.cc),
+    )
 }
 
-fn build<'a>(org: &OrgEntry, requester: &str, addresses: impl Iterator<Item = &'a Mailbox>) -> Vec<String> {
+fn build<'a>(
+    org: &OrgEntry,
+    requester: &str,
+    addresses: impl Iterator<Item = &'a Mailbox>,
+) -> Vec<String> {
     let mut out: Vec<String> = normalize(requester).into_iter().collect();
     if !org.org.cc_email_routing {
         return out;
     }
     for m in addresses {
-        let Some(n) = normalize(&m.email) else { continue };
+        let Some(n) = normalize(&m.email) else {
+            continue;
+        };
         if !org.is_inbox_address(&n) && !out.contains(&n) {
             out.push(n);
         }

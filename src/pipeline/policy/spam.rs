@@ -9,7 +9,11 @@ use crate::store::{StoreError, Tx};
 
 /// The upstream filter verdict, when one says spam (SpamAssassin or rspamd).
 pub fn upstream_verdict(headers: &HeaderFacts) -> Option<String> {
-    let yes = |v: &str| v.trim().get(..3).is_some_and(|w| w.eq_ignore_ascii_case("yes"));
+    let yes = |v: &str| {
+        v.trim()
+            .get(..3)
+            .is_some_and(|w| w.eq_ignore_ascii_case("yes"))
+    };
     for name in ["x-spam-flag", "x-spam-status", "x-spam"] {
         if let Some(v) = headers.all(name).find(|v| yes(v)) {
             return Some(format!("{name}: {v}"));
@@ -19,7 +23,13 @@ pub fn upstream_verdict(headers: &HeaderFacts) -> Option<String> {
 }
 
 /// A reason when this sender has opened more tickets in the window than allowed.
-pub async fn rate_limited(tx: &mut Tx, org_id: i64, customer_id: i64, policy: &PolicyConfig, now: DateTime<Utc>) -> Result<Option<String>, StoreError> {
+pub async fn rate_limited(
+    tx: &mut Tx,
+    org_id: i64,
+    customer_id: i64,
+    policy: &PolicyConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
     let since = now - chrono::Duration::seconds(policy.rate_limit_window_secs);
     let opened = tickets::count_tickets_since(tx, org_id, customer_id, since).await?;
     Ok((opened >= policy.rate_limit_tickets).then(|| {

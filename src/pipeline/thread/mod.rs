@@ -55,28 +55,66 @@ pub struct Sender<'a> {
 }
 
 /// Applies the threading rules in order.
-pub async fn decide(tx: &mut Tx, route: &Route, mail: &ParsedMail, sender: Sender<'_>, tokens: &ReplyTokens, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+pub async fn decide(
+    tx: &mut Tx,
+    route: &Route,
+    mail: &ParsedMail,
+    sender: Sender<'_>,
+    tokens: &ReplyTokens,
+    now: DateTime<Utc>,
+) -> Result<Decision, StoreError> {
     let org = &route.entry.org;
     let mut notes = Vec::new();
 
     // Rule 1: a signed token in the recipient's +detail.
-    if let Some(detail) = route.detail.as_deref().filter(|d| d.starts_with(['t', 'T'])) {
+    if let Some(detail) = route
+        .detail
+        .as_deref()
+        .filter(|d| d.starts_with(['t', 'T']))
+    {
         match tokens.verify_reply(org.id, detail) {
             Some(ticket_id) => match tickets::ticket_by_id(tx, org.id, ticket_id).await? {
-                Some(t) => return reopen_window(t, ThreadedBy::ReplyToken, notes, org.reopen_window_days, now),
-                None => notes.push(format!("reply token names ticket {ticket_id}, which does not exist")),
+                Some(t) => {
+                    return reopen_window(
+                        t,
+                        ThreadedBy::ReplyToken,
+                        notes,
+                        org.reopen_window_days,
+                        now,
+                    );
+                }
+                None => notes.push(format!(
+                    "reply token names ticket {ticket_id}, which does not exist"
+                )),
             },
-            None => notes.push(format!("reply token {detail:?} did not verify and was ignored")),
+            None => notes.push(format!(
+                "reply token {detail:?} did not verify and was ignored"
+            )),
         }
     }
 
     // Rule 2: In-Reply-To, then References from the newest.
-    let mut ids: Vec<(String, ThreadedBy)> = mail.in_reply_to.iter().map(|i| (i.clone(), ThreadedBy::InReplyTo)).collect();
-    ids.extend(mail.references.iter().rev().take(50).map(|i| (i.clone(), ThreadedBy::References)));
+    let mut ids: Vec<(String, ThreadedBy)> = mail
+        .in_reply_to
+        .iter()
+        .map(|i| (i.clone(), ThreadedBy::InReplyTo))
+        .collect();
+    ids.extend(
+        mail.references
+            .iter()
+            .rev()
+            .take(50)
+            .map(|i| (i.clone(), ThreadedBy::References)),
+    );
     if !ids.is_empty() {
         let only_ids: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
-        if let Some((matched, message)) = tickets::find_by_message_ids(tx, org.id, &only_ids).await? {
-            let by = ids.iter().find(|(i, _)| *i == matched).map_or(ThreadedBy::References, |(_, b)| *b);
+        if let Some((matched, message)) =
+            tickets::find_by_message_ids(tx, org.id, &only_ids).await?
+        {
+            let by = ids
+                .iter()
+                .find(|(i, _)| *i == matched)
+                .map_or(ThreadedBy::References, |(_, b)| *b);
             if let Some(t) = tickets::ticket_by_id(tx, org.id, message.ticket_id).await? {
                 return reopen_window(t, by, notes, org.reopen_window_days, now);
             }
@@ -93,14 +131,28 @@ pub async fn decide(tx: &mut Tx, route: &Route, mail: &ParsedMail, sender: Sende
             notes.push(format!("subject tag #{public_id} ignored: sender not authenticated (DKIM/DMARC) and the organization requires it"));
             continue;
         }
-        let requester = tickets::customer_by_id(tx, org.id, t.customer_id).await?.and_then(|c| crate::address::normalize(&c.email));
+        let requester = tickets::customer_by_id(tx, org.id, t.customer_id)
+            .await?
+            .and_then(|c| crate::address::normalize(&c.email));
         let participant = sender.is_agent
             || requester.as_deref() == Some(sender.email_norm)
-            || tickets::ticket_snapshot_addresses(tx, org.id, &t).await?.iter().any(|a| a == sender.email_norm);
+            || tickets::ticket_snapshot_addresses(tx, org.id, &t)
+                .await?
+                .iter()
+                .any(|a| a == sender.email_norm);
         if participant {
-            return reopen_window(t, ThreadedBy::SubjectTag, notes, org.reopen_window_days, now);
+            return reopen_window(
+                t,
+                ThreadedBy::SubjectTag,
+                notes,
+                org.reopen_window_days,
+                now,
+            );
         }
-        notes.push(format!("subject tag #{public_id} ignored: {} is not a participant of that ticket", sender.email_norm));
+        notes.push(format!(
+            "subject tag #{public_id} ignored: {} is not a participant of that ticket",
+            sender.email_norm
+        ));
     }
 
     Ok(Decision {
@@ -116,7 +168,13 @@ pub fn is_closed(status: &str) -> bool {
 }
 
 /// A reply to a ticket closed longer than the window opens a new ticket instead.
-fn reopen_window(t: Ticket, by: ThreadedBy, mut notes: Vec<String>, window_days: i64, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+fn reopen_window(
+    t: Ticket,
+    by: ThreadedBy,
+    mut notes: Vec<String>,
+    window_days: i64,
+    now: DateTime<Utc>,
+) -> Result<Decision, StoreError> {
     if is_closed(&t.status)
         && let Some(closed_at) = t.closed_at
         && now - closed_at > chrono::Duration::days(window_days)
@@ -133,5 +191,9 @@ fn reopen_window(t: Ticket, by: ThreadedBy, mut notes: Vec<String>, window_days:
             notes,
         });
     }
-    Ok(Decision { ticket: Some(t), by, notes })
+    Ok(Decision {
+        ticket: Some(t),
+        by,
+        notes,
+    })
 }

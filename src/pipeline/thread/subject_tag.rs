@@ -4,15 +4,20 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-static TAG: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"\[\s*([^\]\[#]{0,40}?)\s*#\s*(\d{1,18})\s*\]").ok());
+static TAG: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\[\s*([^\]\[#]{0,40}?)\s*#\s*(\d{1,18})\s*\]").ok());
 
 /// The ticket numbers tagged in `subject`, in order, for the accepted prefixes.
 pub fn find_tags(subject: &str, org_prefix: &str) -> Vec<i64> {
-    let Some(re) = TAG.as_ref() else { return Vec::new() };
+    let Some(re) = TAG.as_ref() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for cap in re.captures_iter(subject) {
         let prefix = cap.get(1).map_or("", |m| m.as_str()).trim();
-        let accepted = prefix.is_empty() || prefix.eq_ignore_ascii_case("ticket") || (!org_prefix.is_empty() && prefix.eq_ignore_ascii_case(org_prefix.trim()));
+        let accepted = prefix.is_empty()
+            || prefix.eq_ignore_ascii_case("ticket")
+            || (!org_prefix.is_empty() && prefix.eq_ignore_ascii_case(org_prefix.trim()));
         if accepted
             && let Some(n) = cap.get(2).and_then(|m| m.as_str().parse::<i64>().ok())
             && !out.contains(&n)

@@ -32,7 +32,10 @@ impl ReplyTokens {
     pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => Ok(Self::new(text.trim().as_bytes().to_vec())),
-            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is empty", path.display()))),
+            Ok(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
@@ -67,7 +70,10 @@ impl ReplyTokens {
 
     /// The `+detail` of a VERP bounce address for one outgoing message.
     pub fn bounce_detail(&self, org_id: i64, message_id: i64) -> String {
-        format!("bounce-{message_id}-{}", self.mac("bounce", org_id, message_id))
+        format!(
+            "bounce-{message_id}-{}",
+            self.mac("bounce", org_id, message_id)
+        )
     }
 
     /// The outgoing message a bounce address names, when its MAC verifies.
@@ -81,7 +87,12 @@ impl ReplyTokens {
         let id: i64 = id.parse().ok()?;
         let expected = self.mac(purpose, org_id, id);
         // Constant-time comparison: the MAC is the only secret in the address.
-        let same = expected.len() == mac.len() && expected.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let same = expected.len() == mac.len()
+            && expected
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         same.then_some(id)
     }
 }
@@ -109,9 +120,17 @@ mod tests {
         let t = ReplyTokens::new(b"k".to_vec());
         let d = t.reply_detail(1, 42);
         assert_eq!(t.verify_reply(1, &d), Some(42));
-        assert_eq!(t.verify_reply(1, &d.to_uppercase()), Some(42), "MTAs may change case");
+        assert_eq!(
+            t.verify_reply(1, &d.to_uppercase()),
+            Some(42),
+            "MTAs may change case"
+        );
         assert_eq!(t.verify_reply(2, &d), None, "another organization");
-        assert_eq!(t.verify_reply(1, &d.replace("t42", "t43")), None, "another ticket");
+        assert_eq!(
+            t.verify_reply(1, &d.replace("t42", "t43")),
+            None,
+            "another ticket"
+        );
         assert_eq!(t.verify_reply(1, "t42-0000000000000000"), None);
         assert_eq!(t.verify_reply(1, "billing"), None);
         let b = t.bounce_detail(1, 7);
