@@ -302,7 +302,7 @@ fn replay_prints_a_diff_for_a_failing_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let case = dir.path().join("cases/wrong");
     std::fs::create_dir_all(&case).expect("mkdir");
-    std::fs::write(case.join("01.eml"), MAIL.to_vec()).expect("eml");
+    std::fs::write(case.join("01.eml"), MAIL).expect("eml");
     std::fs::write(
         case.join("expected.yaml"),
         "description: expects the wrong status\nexpect:\n  outcomes: [created]\n  tickets:\n    - status: closed\n      subject: Where is my order?\n",
