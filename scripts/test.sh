@@ -20,8 +20,11 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# rustfmt colours its diff even into a file unless told not to.
+FMT_COLOR=()
 if [[ -n "${CI:-}" ]]; then
     export CARGO_TERM_COLOR=never
+    FMT_COLOR=(--color never)
 fi
 
 # Root runs system commands directly; anyone else goes through sudo (never prompting).
@@ -196,13 +199,18 @@ ensure_postgres
 
 # --- Rust checks -----------------------------------------------------------------------
 
+# --locked when Cargo.lock is committed (or, outside a git checkout, simply present).
 LOCKED=()
-if [[ -n "$(git ls-files Cargo.lock 2>/dev/null)" ]]; then
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    if [[ -n "$(git ls-files Cargo.lock)" ]]; then
+        LOCKED=(--locked)
+    fi
+elif [[ -f Cargo.lock ]]; then
     LOCKED=(--locked)
 fi
 
 say "cargo fmt --all -- --check"
-cargo fmt --all -- --check
+cargo fmt --all -- --check "${FMT_COLOR[@]}"
 
 say "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings

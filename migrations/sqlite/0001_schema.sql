@@ -165,6 +165,19 @@ CREATE TABLE attachments (
 );
 CREATE INDEX attachments_message ON attachments (organization_id, message_id);
 
+-- The raw bytes of every accepted message, zstd-compressed and named by the SHA-256 of the
+-- uncompressed bytes, so a message can be processed again after a fix. They live in the
+-- database because there they are durable with the same commit as the message, at no
+-- extra fsync.
+CREATE TABLE raw_messages (
+    organization_id BIGINT NOT NULL REFERENCES organizations (id),
+    sha256          TEXT   NOT NULL,
+    size            BIGINT NOT NULL,
+    data            BLOB   NOT NULL,
+    created_at      TEXT   NOT NULL,
+    PRIMARY KEY (organization_id, sha256)
+);
+
 -- One row per accepted delivery, whatever became of it: a person can see why a mail
 -- was stored, merged as a duplicate, dropped as a loop or taken as a bounce.
 CREATE TABLE inbound_log (

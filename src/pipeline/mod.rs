@@ -248,9 +248,22 @@ impl Pipeline {
     /// A transient failure fails the whole batch (nothing is committed, everything is retried).
     pub async fn ingest_batch(&self, batch: Vec<Delivery>) -> Vec<Result<Outcome, IngestError>> {
         let n = batch.len();
+        // Prepared concurrently: parsing is CPU work on the blocking pool and uses every core.
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|delivery| {
+                let pipeline = self.clone();
+                tokio::spawn(async move { pipeline.prepare(delivery).await })
+            })
+            .collect();
         let mut prepared = Vec::with_capacity(n);
-        for delivery in batch {
-            prepared.push(self.prepare(delivery).await);
+        for handle in handles {
+            prepared.push(match handle.await {
+                Ok(staged) => staged,
+                Err(e) => Staged::Rejected(IngestError::Temporary(StoreError::Io(
+                    std::io::Error::other(format!("prepare task failed: {e}")),
+                ))),
+            });
         }
         match self.commit_batch(prepared).await {
             Ok(results) => results,
@@ -333,6 +346,14 @@ impl Pipeline {
                 })
                 .collect());
         }
+        let blobs: Vec<String> = staged
+            .iter()
+            .filter_map(|s| match s {
+                Staged::Ready(r) => Some(r.prepared.attachments.iter().map(|a| a.sha256.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         let mut tx = self.inner.store.begin().await?;
         for item in staged {
             let result = match item {
@@ -353,6 +374,22 @@ impl Pipeline {
                 return Err(e);
             }
             results.push(result);
+        }
+        // Attachment bytes are durable before the rows that name them.
+        let store = self.inner.blobs.clone();
+        let synced = tokio::task::spawn_blocking(move || store.sync(&blobs)).await;
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = tx.rollback().await;
+                return Err(StoreError::Io(e));
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "blob sync task failed: {e}"
+                ))));
+            }
         }
         tx.commit().await?;
         Ok(results)

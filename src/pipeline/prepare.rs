@@ -1,4 +1,5 @@
-//! The work before the transaction: parse, render the bodies, store the blobs.
+//! The work before the transaction: parse, render the bodies, compress the raw mail, write
+//! the attachment blobs (made durable in one go before the commit).
 //! CPU- and disk-bound, so it runs on the blocking pool and never holds the write lock.
 
 use std::collections::HashMap;
@@ -6,7 +7,8 @@ use std::sync::Arc;
 
 use super::parse::{self, ParsedMail};
 use crate::config::LimitsConfig;
-use crate::store::blobs::{BlobKind, BlobStore};
+use crate::store::blobs::{BlobStore, sha256_hex};
+use crate::store::raw;
 
 /// An attachment whose bytes are stored, ready for its row.
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct Prepared {
     pub html: String,
     pub language: String,
     pub raw_sha256: String,
+    pub raw_size: usize,
+    /// The raw bytes, zstd-compressed, kept with the message.
+    pub raw_zstd: Vec<u8>,
     pub attachments: Vec<StoredAttachment>,
 }
 
@@ -49,16 +54,13 @@ pub fn prepare(
     blobs: &Arc<dyn BlobStore>,
 ) -> Result<Prepared, PrepareError> {
     let mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
-    let raw_sha256 = blobs
-        .put(BlobKind::RawMail, raw)
-        .map_err(PrepareError::Blob)?;
+    let raw_sha256 = sha256_hex(raw);
+    let raw_zstd = raw::compress(raw).map_err(PrepareError::Blob)?;
 
     let mut attachments = Vec::with_capacity(mail.attachments.len());
     let mut cid_urls = HashMap::new();
     for a in &mail.attachments {
-        let sha256 = blobs
-            .put(BlobKind::Attachment, &a.bytes)
-            .map_err(PrepareError::Blob)?;
+        let sha256 = blobs.put(&a.bytes).map_err(PrepareError::Blob)?;
         let id = uuid::Uuid::now_v7().to_string();
         if !a.content_id.is_empty() {
             cid_urls.insert(a.content_id.clone(), download_url(public_url, org_id, &id));
@@ -98,6 +100,8 @@ pub fn prepare(
         html,
         language,
         raw_sha256,
+        raw_size: raw.len(),
+        raw_zstd,
         attachments,
     })
 }

@@ -12,7 +12,7 @@ use crate::config::PolicyConfig;
 use crate::store::tickets::{
     self, Customer, NewAttachment, NewMessage, NewTicket, Ticket, TicketState,
 };
-use crate::store::{Store, StoreError, Tx, now};
+use crate::store::{Store, StoreError, Tx, now, raw};
 
 /// Subjects are capped here (SPEC 1).
 const MAX_SUBJECT_CHARS: usize = 255;
@@ -50,6 +50,16 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     })?;
     let from_norm = normalize(&from.email)
         .ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
+
+    // Every accepted message's raw bytes are kept, whatever it becomes.
+    raw::insert(
+        tx,
+        org.id,
+        &ctx.prepared.raw_sha256,
+        ctx.prepared.raw_size,
+        &ctx.prepared.raw_zstd,
+    )
+    .await?;
 
     if loops::is_own_address(ctx.routes, ctx.store, &from.email).await? {
         let detail = format!(

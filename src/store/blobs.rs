@@ -1,28 +1,27 @@
-//! Content-addressed blob storage for attachments and raw mail.
+//! Content-addressed storage for attachment bytes.
 //!
-//! Blobs are named by the SHA-256 of their content, so the same attachment arriving
-//! twice is stored once. The trait is the seam where an object store can replace the
-//! directory (a directory on a shared mount serves several gateway instances).
+//! Blobs are named by the SHA-256 of their content, so the same attachment arriving twice
+//! is stored once. Writes are made durable in groups: [`BlobStore::put`] writes, and
+//! [`BlobStore::sync`] flushes a whole batch's blobs in parallel right before the database
+//! commit that references them (one fsync per file costs milliseconds; in parallel the
+//! file system journals them together). The trait is the seam where an object store can
+//! replace the directory (a directory on a shared mount serves several instances).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Where blobs live. Writes are durable when they return.
+/// Where attachment bytes live.
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
-    /// Stores `bytes` under `kind` and returns the hex SHA-256 of `bytes`.
-    fn put(&self, kind: BlobKind, bytes: &[u8]) -> io::Result<String>;
-    /// Reads back what [`BlobStore::put`] stored.
-    fn get(&self, kind: BlobKind, sha256: &str) -> io::Result<Vec<u8>>;
-}
-
-/// What a blob holds; raw mail is kept zstd-compressed, attachments as they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobKind {
-    Attachment,
-    RawMail,
+    /// Stores `bytes` and returns their hex SHA-256; durable only after [`BlobStore::sync`].
+    fn put(&self, bytes: &[u8]) -> io::Result<String>;
+    /// Makes the named blobs durable.
+    fn sync(&self, sha256s: &[String]) -> io::Result<()>;
+    /// Reads a blob back.
+    fn get(&self, sha256: &str) -> io::Result<Vec<u8>>;
 }
 
 /// The hex SHA-256 of `bytes`.
@@ -30,11 +29,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Blobs in a directory tree: `<root>/attachments/ab/abcdef...`, `<root>/raw/ab/abcdef....zst`.
+/// Blobs in a directory tree: `<root>/attachments/ab/abcdef...`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
 }
+
+/// Threads that fsync in parallel; beyond this the journal gains nothing.
+const SYNC_THREADS: usize = 16;
 
 impl FsBlobStore {
     /// A store rooted at `root` (created on first write).
@@ -42,30 +44,27 @@ impl FsBlobStore {
         Self { root: root.into() }
     }
 
-    fn path(&self, kind: BlobKind, sha256: &str) -> io::Result<PathBuf> {
+    fn path(&self, sha256: &str) -> io::Result<PathBuf> {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a sha256 name",
             ));
         }
-        let (dir, suffix) = match kind {
-            BlobKind::Attachment => ("attachments", ""),
-            BlobKind::RawMail => ("raw", ".zst"),
-        };
         Ok(self
             .root
-            .join(dir)
+            .join("attachments")
             .join(&sha256[..2])
-            .join(format!("{sha256}{suffix}")))
+            .join(sha256))
     }
 }
 
 impl BlobStore for FsBlobStore {
-    fn put(&self, kind: BlobKind, bytes: &[u8]) -> io::Result<String> {
+    fn put(&self, bytes: &[u8]) -> io::Result<String> {
         let hash = sha256_hex(bytes);
-        let path = self.path(kind, &hash)?;
-        if path.exists() {
+        let path = self.path(&hash)?;
+        // A crash between write and sync can leave a short file; only a whole one counts.
+        if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok(hash);
         }
         let dir = path
@@ -73,38 +72,48 @@ impl BlobStore for FsBlobStore {
             .ok_or_else(|| io::Error::other("blob path has no parent"))?;
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{hash}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            match kind {
-                BlobKind::Attachment => file.write_all(bytes)?,
-                BlobKind::RawMail => zstd::stream::copy_encode(bytes, &mut file, 3)?,
-            }
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(dir)
-        })();
+        let result = File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|()| fs::rename(&tmp, &path));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result.map(|()| hash)
     }
 
-    fn get(&self, kind: BlobKind, sha256: &str) -> io::Result<Vec<u8>> {
-        let path = self.path(kind, sha256)?;
-        let mut file = File::open(path)?;
-        let mut out = Vec::new();
-        match kind {
-            BlobKind::Attachment => {
-                file.read_to_end(&mut out)?;
-            }
-            BlobKind::RawMail => zstd::stream::copy_decode(file, &mut out)?,
+    fn sync(&self, sha256s: &[String]) -> io::Result<()> {
+        let files: BTreeSet<PathBuf> = sha256s
+            .iter()
+            .map(|h| self.path(h))
+            .collect::<io::Result<_>>()?;
+        if files.is_empty() {
+            return Ok(());
         }
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        let all: Vec<PathBuf> = files.into_iter().chain(dirs).collect();
+        let chunk = all.len().div_ceil(SYNC_THREADS).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = all
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || part.iter().try_for_each(|p| File::open(p)?.sync_all()))
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| io::Error::other("fsync thread panicked"))?
+            })
+        })
+    }
+
+    fn get(&self, sha256: &str) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        File::open(self.path(sha256)?)?.read_to_end(&mut out)?;
         Ok(out)
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -115,27 +124,27 @@ mod tests {
     fn round_trips_and_dedupes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FsBlobStore::new(dir.path());
-        let a = store.put(BlobKind::Attachment, b"hello").expect("put");
-        let b = store
-            .put(BlobKind::Attachment, b"hello")
-            .expect("put again");
+        let a = store.put(b"hello").expect("put");
+        let b = store.put(b"hello").expect("put again");
         assert_eq!(a, b);
-        assert_eq!(store.get(BlobKind::Attachment, &a).expect("get"), b"hello");
-        let raw = vec![b'x'; 100_000];
-        let h = store.put(BlobKind::RawMail, &raw).expect("put raw");
-        assert_eq!(store.get(BlobKind::RawMail, &h).expect("get raw"), raw);
-        let on_disk = fs::metadata(store.path(BlobKind::RawMail, &h).expect("path"))
-            .expect("meta")
-            .len();
-        assert!(
-            on_disk < 1000,
-            "raw mail is compressed, got {on_disk} bytes"
-        );
+        store.sync(&[a.clone(), b]).expect("sync");
+        assert_eq!(store.get(&a).expect("get"), b"hello");
+    }
+
+    #[test]
+    fn a_short_file_is_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::new(dir.path());
+        let h = store.put(b"complete content").expect("put");
+        fs::write(store.path(&h).expect("path"), b"compl").expect("truncate");
+        store.put(b"complete content").expect("put again");
+        assert_eq!(store.get(&h).expect("get"), b"complete content");
     }
 
     #[test]
     fn rejects_path_tricks() {
         let store = FsBlobStore::new("/nonexistent");
-        assert!(store.get(BlobKind::Attachment, "../../etc/passwd").is_err());
+        assert!(store.get("../../etc/passwd").is_err());
+        assert!(store.sync(&["../x".into()]).is_err());
     }
 }

@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod orgs;
 pub mod quarantine;
+pub mod raw;
 pub mod tickets;
 
 use std::path::Path;
