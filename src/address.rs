@@ -29,6 +29,8 @@ pub fn parse_addr_spec(raw: &str) -> Option<AddrSpec> {
         .trim_end_matches('>')
         .trim();
     let (local, domain) = s.rsplit_once('@')?;
+    // A fully qualified `example.com.` is the same domain; some mailers write it so.
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
     if !is_local_part(local) || !is_domain(domain) {
         return None;
     }
@@ -80,6 +82,10 @@ mod tests {
         assert_eq!(a.base_local(), "Support");
         assert_eq!(a.detail(), Some("Billing"));
         assert_eq!(a.domain, "acme.test");
+        assert_eq!(
+            normalize("Claudia@Yahoo.com.").as_deref(),
+            Some("claudia@yahoo.com")
+        );
     }
 
     #[test]

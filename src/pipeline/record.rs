@@ -45,12 +45,6 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     let mail = &ctx.prepared.mail;
     let org = &ctx.route.entry.org;
 
-    let from = sender_of(ctx).ok_or_else(|| {
-        Error::Unusable("no sender address in From, Sender or the envelope".into())
-    })?;
-    let from_norm = normalize(&from.email)
-        .ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
-
     // Every accepted message's raw bytes are kept, whatever it becomes.
     raw::insert(
         tx,
@@ -61,7 +55,10 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     )
     .await?;
 
-    if loops::is_own_address(ctx.routes, ctx.store, &from.email).await? {
+    let from = sender_of(ctx);
+    if let Some(from) = &from
+        && loops::is_own_address(ctx.routes, ctx.store, &from.email).await?
+    {
         let detail = format!(
             "From {} is one of the gateway's own inbox addresses",
             from.email
@@ -88,6 +85,7 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         });
     }
 
+    // Before the sender check: a mailer daemon's report often has no usable From.
     if let Some(report) = &mail.bounce {
         let linked = bounce::apply(tx, ctx.route, report, ctx.tokens).await?;
         let detail = match linked {
@@ -106,6 +104,12 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
             linked_message_id: linked.map(|l| l.message_id),
         });
     }
+
+    let from = from.ok_or_else(|| {
+        Error::Unusable("no sender address in From, Sender or the envelope".into())
+    })?;
+    let from_norm = normalize(&from.email)
+        .ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
 
     let customer = customer::resolve(tx, org.id, &from, &from_norm).await?;
     let agent = ctx.route.entry.agent(&from_norm).cloned();

@@ -232,15 +232,14 @@ pub async fn get_org(tx: &mut Tx, id: i64) -> Result<Option<Org>, StoreError> {
     match org {
         None => Ok(None),
         Some(mut org) => {
-            org.domains =
-                with_tx!(tx, |c| {
-                    sqlx::query_scalar(
+            org.domains = with_tx!(tx, |c| {
+                sqlx::query_scalar(
                 "SELECT domain FROM organization_domains WHERE organization_id = $1 ORDER BY domain"
             )
             .bind(id)
             .fetch_all(c)
             .await
-                })?;
+            })?;
             Ok(Some(org))
         }
     }

@@ -33,16 +33,15 @@ pub async fn add(
     reason: &str,
 ) -> Result<i64, StoreError> {
     let sha = super::blobs::sha256_hex(raw);
-    let existing: Option<i64> =
-        with_tx!(tx, |c| {
-            sqlx::query_scalar(
+    let existing: Option<i64> = with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "SELECT id FROM quarantine WHERE raw_sha256 = $1 AND recipient = $2 AND resolved_at IS NULL"
     )
     .bind(&sha)
     .bind(clean_text(recipient))
     .fetch_optional(c)
     .await
-        })?;
+    })?;
     let ts = now();
     if let Some(id) = existing {
         with_tx!(tx, |c| {

@@ -153,9 +153,10 @@ impl BounceReport {
         s
     }
 
-    /// True when the report is about a permanent failure (not a delay).
+    /// True when the report is about a permanent failure: `Action: failed`, or with no
+    /// readable action a 5.x.x status. A delay is never a failure.
     pub fn is_failure(&self) -> bool {
-        self.action.is_empty() || self.action == "failed"
+        self.action == "failed" || (self.action.is_empty() && self.status.starts_with('5'))
     }
 }
 
@@ -173,7 +174,7 @@ pub(super) fn bounce_report(message: &mail_parser::Message<'_>) -> Option<Bounce
         return None;
     }
     let mut report = BounceReport::default();
-    for part in &message.parts {
+    for part in message.parts.iter() {
         let Some(pct) = part.content_type() else {
             continue;
         };
@@ -201,6 +202,13 @@ pub(super) fn bounce_report(message: &mail_parser::Message<'_>) -> Option<Bounce
             }
             _ => {}
         }
+    }
+    // Broken MIME (an unclosed boundary) can hide the delivery-status part; its fields are
+    // still plain text in the message.
+    if report.action.is_empty() && report.status.is_empty() {
+        let raw = message.raw_message();
+        let text = String::from_utf8_lossy(&raw[..raw.len().min(256 * 1024)]);
+        read_status_fields(&text, &mut report);
     }
     Some(report)
 }
@@ -245,6 +253,32 @@ fn read_status_fields(text: &str, report: &mut BounceReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delay_is_not_failure() {
+        let delayed = BounceReport {
+            action: "delayed".into(),
+            status: "4.4.1".into(),
+            ..BounceReport::default()
+        };
+        assert!(!delayed.is_failure());
+        assert!(delayed.reason().contains("delayed"));
+        assert!(
+            BounceReport {
+                action: "failed".into(),
+                ..BounceReport::default()
+            }
+            .is_failure()
+        );
+        assert!(
+            BounceReport {
+                status: "5.1.1".into(),
+                ..BounceReport::default()
+            }
+            .is_failure()
+        );
+        assert!(!BounceReport::default().is_failure());
+    }
 
     #[test]
     fn auth_results() {

@@ -5,6 +5,7 @@
 
 mod attachments;
 mod body;
+mod charset;
 mod headers;
 mod language;
 mod sanitize;
@@ -134,13 +135,30 @@ fn from_message(
         notes,
     );
 
+    let charsets = charset::declared(message);
+    let repaired = |name: &str| {
+        charset::reparse_header(message.raw_message(), message.headers(), name, &charsets)
+    };
+    let mut subject = one_line(message.subject().unwrap_or_default());
+    if charset::is_damaged(&subject)
+        && let Some(fixed) = repaired("Subject")
+    {
+        subject = one_line(fixed.subject().unwrap_or_default());
+    }
+    let mut from = first_mailbox(message.from());
+    if from.as_ref().is_some_and(|f| charset::is_damaged(&f.name))
+        && let Some(fixed) = repaired("From")
+    {
+        from = first_mailbox(fixed.from()).or(from);
+    }
+
     ParsedMail {
-        from: first_mailbox(message.from()),
+        from,
         sender: first_mailbox(message.sender()),
         to: mailboxes(message.to()),
         cc: mailboxes(message.cc()),
         reply_to: mailboxes(message.reply_to()),
-        subject: one_line(message.subject().unwrap_or_default()),
+        subject,
         message_id: message.message_id().map(clean_id).filter(|s| !s.is_empty()),
         in_reply_to: id_list(message.in_reply_to()),
         references: id_list(message.references()),

@@ -1,0 +1,107 @@
+//! Repair for raw 8-bit header bytes: mail-parser reads them as UTF-8 and replaces what is
+//! not, so a GB2312 subject or a Latin-1 file name arrives as U+FFFD. The bytes are still
+//! in the raw message; we decode them with the charsets the message itself declares.
+
+use encoding_rs::{Encoding, WINDOWS_1252};
+use mail_parser::{Header, Message, MessageParser, MimeHeaders, PartType};
+
+/// The charsets a message declares in its parts (nested messages included), multi-byte ones
+/// first, with windows-1252 as the last resort.
+pub(super) fn declared(message: &Message<'_>) -> Vec<&'static Encoding> {
+    let mut out: Vec<&'static Encoding> = Vec::new();
+    let mut push = |label: Option<&str>| {
+        if let Some(enc) = label.and_then(|l| Encoding::for_label(l.trim().as_bytes()))
+            && enc != encoding_rs::UTF_8
+            && !out.contains(&enc)
+        {
+            out.push(enc);
+        }
+    };
+    for part in message.parts.iter().take(200) {
+        push(part.content_type().and_then(|c| c.attribute("charset")));
+        if let PartType::Message(nested) = &part.body {
+            for p in nested.parts.iter().take(200) {
+                push(p.content_type().and_then(|c| c.attribute("charset")));
+            }
+        }
+    }
+    // ISO-2022-JP is 7-bit, so 8-bit bytes under that label are Japanese mail mislabelled
+    // by its sender, nearly always Shift_JIS (else EUC-JP).
+    if out.contains(&encoding_rs::ISO_2022_JP) {
+        for enc in [encoding_rs::SHIFT_JIS, encoding_rs::EUC_JP] {
+            if !out.contains(&enc) {
+                out.push(enc);
+            }
+        }
+    }
+    if !out.contains(&WINDOWS_1252) {
+        out.push(WINDOWS_1252);
+    }
+    // A single-byte charset decodes any bytes, so it proves nothing; a multi-byte one
+    // (GB2312, Shift_JIS, Big5, ...) rejects what is not its own. Try those first.
+    out.sort_by_key(|e| e.is_single_byte());
+    out
+}
+
+/// The header `name` of `headers` re-read from `raw` with the first declared charset that
+/// decodes its bytes cleanly, as a one-header message for mail-parser to read again.
+/// `None` when the raw value is valid UTF-8 (nothing to repair) or the header is absent.
+pub(super) fn reparse_header(
+    raw: &[u8],
+    headers: &[Header<'_>],
+    name: &str,
+    charsets: &[&'static Encoding],
+) -> Option<Message<'static>> {
+    let header = headers
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))?;
+    // Offsets of a nested message's headers may point into the outer message; make sure
+    // these bytes really are this header before trusting them.
+    let field = raw.get(header.offset_field() as usize..header.offset_start() as usize)?;
+    if !field
+        .get(..name.len())
+        .is_some_and(|f| f.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return None;
+    }
+    let bytes = raw.get(header.offset_start() as usize..header.offset_end() as usize)?;
+    if std::str::from_utf8(bytes).is_ok() {
+        return None;
+    }
+    let text = charsets
+        .iter()
+        .find_map(|enc| enc.decode_without_bom_handling_and_without_replacement(bytes))?;
+    let rebuilt = format!("{name}:{}\r\n\r\n", text.trim_end_matches(['\r', '\n']));
+    MessageParser::default()
+        .parse_headers(rebuilt.as_bytes())
+        .map(Message::into_owned)
+}
+
+/// True when `s` shows the marks of a lossy UTF-8 decode.
+pub(super) fn is_damaged(s: &str) -> bool {
+    s.contains('\u{FFFD}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repairs_gb2312_subject() {
+        let mut raw = b"From: a@b.c\r\nSubject: ".to_vec();
+        let (gb, _, _) = encoding_rs::GBK.encode("转发：整体提升");
+        raw.extend_from_slice(&gb);
+        raw.extend_from_slice(b"\r\nContent-Type: text/plain; charset=gb2312\r\n\r\nbody\r\n");
+        let message = MessageParser::default().parse(&raw).expect("parses");
+        assert!(is_damaged(message.subject().unwrap_or_default()));
+        let charsets = declared(&message);
+        let fixed = reparse_header(
+            message.raw_message(),
+            message.headers(),
+            "Subject",
+            &charsets,
+        )
+        .expect("repaired");
+        assert_eq!(fixed.subject(), Some("转发：整体提升"));
+    }
+}
