@@ -9,9 +9,7 @@ use super::thread::{self, ReplyTokens, Sender, ThreadedBy};
 use super::{Envelope, Outcome, customer};
 use crate::address::normalize;
 use crate::config::PolicyConfig;
-use crate::store::tickets::{
-    self, Customer, NewAttachment, NewMessage, NewTicket, Ticket, TicketState,
-};
+use crate::store::tickets::{self, NewAttachment, NewMessage, NewTicket, Ticket, TicketState};
 use crate::store::{Store, StoreError, Tx, now, raw};
 
 /// Subjects are capped here (SPEC 1).
@@ -111,7 +109,6 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     let from_norm = normalize(&from.email)
         .ok_or_else(|| Error::Unusable(format!("sender {:?} is not an address", from.email)))?;
 
-    let customer = customer::resolve(tx, org.id, &from, &from_norm).await?;
     let agent = ctx.route.entry.agent(&from_norm).cloned();
     let auth: Vec<AuthResult> = if org.authserv_id.is_empty() {
         Vec::new()
@@ -132,7 +129,7 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     let auto_reply = autoreply::detect(&mail.headers, ctx.envelope.mail_from.as_deref());
     let facts = Facts {
         from: &from,
-        customer: &customer,
+        from_norm: &from_norm,
         agent_id: agent.as_ref().map(|a| a.id),
         auth_json: if auth.is_empty() {
             String::new()
@@ -152,7 +149,7 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
 /// What the steps found out, handed to the writers.
 struct Facts<'a> {
     from: &'a Mailbox,
-    customer: &'a Customer,
+    from_norm: &'a str,
     agent_id: Option<i64>,
     auth_json: String,
     auto_reply: Option<String>,
@@ -184,22 +181,23 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
     let org = &ctx.route.entry.org;
     let p = ctx.prepared;
     let mail = &p.mail;
-    let spam_reason = if f.customer.is_spam {
+    let customer = customer::resolve(tx, org.id, f.from, f.from_norm).await?;
+    let spam_reason = if customer.is_spam {
         Some("customer is marked as spam".to_string())
     } else if let Some(v) = spam::upstream_verdict(&mail.headers) {
         Some(format!("upstream filter: {v}"))
     } else {
-        spam::rate_limited(tx, org.id, f.customer.id, ctx.policy, now()).await?
+        spam::rate_limited(tx, org.id, customer.id, ctx.policy, now()).await?
     };
-    let creation = cc::creation_list(&ctx.route.entry, mail, &f.customer.email);
-    let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &f.customer.email);
+    let creation = cc::creation_list(&ctx.route.entry, mail, &customer.email);
+    let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &customer.email);
     let subject = ticket_subject(&mail.subject);
     let (ticket_id, public_id) = tickets::insert_ticket(
         tx,
         &NewTicket {
             organization_id: org.id,
             inbox_id: ctx.route.inbox.id,
-            customer_id: f.customer.id,
+            customer_id: customer.id,
             subject: &subject,
             status: "created",
             waiting_on: "associate",
@@ -215,16 +213,14 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         },
     )
     .await?;
-    let message_id = insert_message(
-        tx,
-        ctx,
-        f,
+    let written = Written {
         ticket_id,
-        "customer",
-        &snapshot,
-        spam_reason.as_deref().unwrap_or(""),
-    )
-    .await?;
+        role: "customer",
+        snapshot: &snapshot,
+        spam_reason: spam_reason.as_deref().unwrap_or(""),
+        customer_id: Some(customer.id),
+    };
+    let message_id = insert_message(tx, ctx, f, &written).await?;
     Ok(Outcome::Created {
         ticket_id,
         public_id,
@@ -261,23 +257,27 @@ async fn append(
     } else {
         cc::message_snapshot(&ctx.route.entry, mail, &requester.email)
     };
+    // An agent writing an internal note is not a customer; everyone else is one.
+    let customer = if role == "associate" {
+        None
+    } else {
+        Some(customer::resolve(tx, org.id, f.from, f.from_norm).await?)
+    };
     let upstream_spam =
         spam::upstream_verdict(&mail.headers).map(|v| format!("upstream filter: {v}"));
-    let spam_reason = if f.customer.is_spam {
+    let spam_reason = if customer.as_ref().is_some_and(|c| c.is_spam) {
         Some("customer is marked as spam".to_string())
     } else {
         upstream_spam
     };
-    let message_id = insert_message(
-        tx,
-        ctx,
-        f,
-        ticket.id,
+    let written = Written {
+        ticket_id: ticket.id,
         role,
-        &snapshot,
-        spam_reason.as_deref().unwrap_or(""),
-    )
-    .await?;
+        snapshot: &snapshot,
+        spam_reason: spam_reason.as_deref().unwrap_or(""),
+        customer_id: customer.as_ref().map(|c| c.id),
+    };
+    let message_id = insert_message(tx, ctx, f, &written).await?;
 
     // Spam, automatic mail and internal notes are stored but change nothing (SPEC 2.5, 2.9).
     let processed =
@@ -311,15 +311,22 @@ async fn append(
     })
 }
 
+/// The decided parts of one message row.
+struct Written<'a> {
+    ticket_id: i64,
+    role: &'a str,
+    snapshot: &'a [String],
+    spam_reason: &'a str,
+    customer_id: Option<i64>,
+}
+
 async fn insert_message(
     tx: &mut Tx,
     ctx: &Context<'_>,
     f: &Facts<'_>,
-    ticket_id: i64,
-    role: &str,
-    snapshot: &[String],
-    spam_reason: &str,
+    w: &Written<'_>,
 ) -> Result<i64, Error> {
+    let (ticket_id, role) = (w.ticket_id, w.role);
     let org_id = ctx.route.entry.org.id;
     let p = ctx.prepared;
     let mail = &p.mail;
@@ -349,17 +356,13 @@ async fn insert_message(
             } else {
                 None
             },
-            sender_customer_id: if role == "associate" {
-                None
-            } else {
-                Some(f.customer.id)
-            },
+            sender_customer_id: w.customer_id,
             sender_email: &f.from.email,
             sender_name: &f.from.name,
             content: &p.text,
             content_html: &p.html,
             is_visible_to_customer: role != "associate",
-            external_recipient_emails: snapshot,
+            external_recipient_emails: w.snapshot,
             subject: &mail.subject,
             message_id_header: mail.message_id.as_deref(),
             in_reply_to: &in_reply_to,
@@ -369,7 +372,7 @@ async fn insert_message(
             thread_note: &f.thread_note,
             auth_results: &f.auth_json,
             is_auto_reply: f.auto_reply.is_some(),
-            spam_reason,
+            spam_reason: w.spam_reason,
             processing_notes: &notes.join("\n"),
             language: &p.language,
             raw_sha256: Some(&p.raw_sha256),

@@ -276,24 +276,26 @@ pub async fn list_attachments(
     })?)
 }
 
-/// The message (and its ticket) that carries one of these Message-IDs, trying them in order.
+/// The messages that carry the first of these Message-IDs that any message carries.
 pub async fn find_by_message_ids(
     tx: &mut Tx,
     org_id: i64,
     ids: &[String],
-) -> Result<Option<(String, Message)>, StoreError> {
+) -> Result<Option<(String, Vec<Message>)>, StoreError> {
+    // Normally one message carries an id; more when someone reused it, so all come back
+    // (bounded) and the caller decides which ticket is meant.
     let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND message_id_header = $2 ORDER BY id LIMIT 1"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND message_id_header = $2 ORDER BY id LIMIT 20"
     );
     for id in ids {
-        let found: Option<Message> =
+        let found: Vec<Message> =
             with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(org_id)
                 .bind(id)
-                .fetch_optional(c)
+                .fetch_all(c)
                 .await)?;
-        if let Some(m) = found {
-            return Ok(Some((id.clone(), m)));
+        if !found.is_empty() {
+            return Ok(Some((id.clone(), found)));
         }
     }
     Ok(None)

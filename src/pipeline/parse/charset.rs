@@ -77,6 +77,82 @@ pub(super) fn reparse_header(
         .map(Message::into_owned)
 }
 
+/// A text part labelled UTF-7 decoded again from its raw bytes: mail-parser 0.11 drops the
+/// character that ends a base64 run when it is not `-` (RFC 2152 allows any). `None` for
+/// other charsets and for transfer encodings other than 7bit/8bit (UTF-7 needs neither).
+pub(super) fn utf7_repair(
+    message: &Message<'_>,
+    part: &mail_parser::MessagePart<'_>,
+) -> Option<String> {
+    let label = part
+        .content_type()?
+        .attribute("charset")?
+        .to_ascii_lowercase();
+    if !matches!(
+        label.as_str(),
+        "utf-7" | "unicode-1-1-utf-7" | "x-unicode-2-0-utf-7" | "csunicode11utf7"
+    ) {
+        return None;
+    }
+    if part.encoding != mail_parser::Encoding::None {
+        return None;
+    }
+    let raw = message
+        .raw_message()
+        .get(part.offset_body as usize..part.offset_end as usize)?;
+    Some(decode_utf7(raw))
+}
+
+/// Decodes UTF-7 (RFC 2152). Bad sequences become U+FFFD; nothing is dropped silently.
+pub fn decode_utf7(bytes: &[u8]) -> String {
+    fn sextet(b: u8) -> Option<u32> {
+        match b {
+            b'A'..=b'Z' => Some(u32::from(b - b'A')),
+            b'a'..=b'z' => Some(u32::from(b - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(b - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != b'+' {
+            out.push(if b.is_ascii() {
+                char::from(b)
+            } else {
+                '\u{FFFD}'
+            });
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if bytes.get(i) == Some(&b'-') {
+            out.push('+');
+            i += 1;
+            continue;
+        }
+        let (mut bits, mut nbits, mut units) = (0u32, 0u32, Vec::new());
+        while let Some(v) = bytes.get(i).and_then(|b| sextet(*b)) {
+            bits = (bits << 6) | v;
+            nbits += 6;
+            if nbits >= 16 {
+                nbits -= 16;
+                units.push(((bits >> nbits) & 0xffff) as u16);
+            }
+            i += 1;
+        }
+        out.extend(char::decode_utf16(units).map(|c| c.unwrap_or('\u{FFFD}')));
+        // The run ends at '-' (absorbed) or at any other character (kept).
+        if bytes.get(i) == Some(&b'-') {
+            i += 1;
+        }
+    }
+    out
+}
+
 /// True when `s` shows the marks of a lossy UTF-8 decode.
 pub(super) fn is_damaged(s: &str) -> bool {
     s.contains('\u{FFFD}')
@@ -85,6 +161,17 @@ pub(super) fn is_damaged(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf7() {
+        assert_eq!(decode_utf7(b"Hi Mom -+Jjo--!"), "Hi Mom -\u{263A}-!");
+        assert_eq!(
+            decode_utf7(b"50 +IKw +IBM danke"),
+            "50 \u{20AC} \u{2013} danke"
+        );
+        assert_eq!(decode_utf7(b"1 +- 1"), "1 + 1");
+        assert_eq!(decode_utf7(b"+ZeVnLIqe-"), "\u{65E5}\u{672C}\u{8A9E}");
+    }
 
     #[test]
     fn repairs_gb2312_subject() {

@@ -10,6 +10,8 @@ mod headers;
 mod language;
 mod sanitize;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, PartType};
 use sha2::{Digest, Sha256};
@@ -115,25 +117,45 @@ fn from_message(
     }
     let headers = HeaderFacts::from_message(message, limits.max_headers, notes);
 
-    let mut text = Vec::new();
+    let mut text: Vec<Cow<'_, str>> = Vec::new();
     for part in message.text_bodies().take(limits.max_parts) {
         if let PartType::Text(t) = &part.body {
-            text.push(t.as_ref());
+            text.push(
+                charset::utf7_repair(message, part).map_or(Cow::Borrowed(t.as_ref()), Cow::Owned),
+            );
         }
     }
-    let mut html = Vec::new();
+    let mut html: Vec<Cow<'_, str>> = Vec::new();
     for part in message.html_bodies().take(limits.max_parts) {
         if let PartType::Html(h) = &part.body {
-            html.push(h.as_ref());
+            html.push(
+                charset::utf7_repair(message, part).map_or(Cow::Borrowed(h.as_ref()), Cow::Owned),
+            );
         }
     }
     let bounce = headers::bounce_report(message);
-    let attachments = attachments::collect(
+    let mut attachments = attachments::collect(
         message,
         limits,
         depth_limited_parts(message, limits.max_depth),
         notes,
     );
+    let mut text = join_bodies(&text);
+    let html = html.join("\n");
+    // A multipart whose boundary never appears parses as one opaque part; its bytes are the
+    // message the person wrote, so they are the body, not an attachment.
+    if text.trim().is_empty()
+        && html.trim().is_empty()
+        && let Some(pos) = attachments
+            .iter()
+            .position(|a| a.content_type.starts_with("multipart/"))
+    {
+        let blob = attachments.remove(pos);
+        text = String::from_utf8_lossy(&blob.bytes)
+            .trim()
+            .replace("\r\n", "\n");
+        notes.push("MIME structure is broken (the declared boundary never appears); the body is kept as text".into());
+    }
 
     let charsets = charset::declared(message);
     let repaired = |name: &str| {
@@ -165,8 +187,8 @@ fn from_message(
         date: message
             .date()
             .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0)),
-        text: join_bodies(&text),
-        html: html.join("\n"),
+        text,
+        html,
         attachments,
         headers,
         bounce,
@@ -315,7 +337,7 @@ pub fn one_line(s: &str) -> String {
     out
 }
 
-fn join_bodies(parts: &[&str]) -> String {
+fn join_bodies(parts: &[Cow<'_, str>]) -> String {
     parts
         .iter()
         .map(|p| p.trim_end_matches(['\r', '\n']))

@@ -68,6 +68,8 @@ pub fn sanitize_html(html: &str, cid_urls: &HashMap<String, String>) -> String {
                 .collect(),
         )
         .link_rel(Some("noopener noreferrer nofollow"))
+        // A document's <title> is not part of what the person wrote.
+        .add_clean_content_tags(["title"])
         .attribute_filter(
             move |element, attribute, value| match (element, attribute) {
                 // Remote images are tracking pixels or worse; only the mail's own parts show.

@@ -36,14 +36,16 @@ pub async fn apply(
     }
     if target.is_none()
         && let Some(original) = &report.original_message_id
-        && let Some((_, m)) =
+        && let Some((_, candidates)) =
             tickets::find_by_message_ids(tx, org_id, std::slice::from_ref(original)).await?
-        && m.direction == "outbound"
     {
-        target = Some(Linked {
-            ticket_id: m.ticket_id,
-            message_id: m.id,
-        });
+        target = candidates
+            .iter()
+            .find(|m| m.direction == "outbound")
+            .map(|m| Linked {
+                ticket_id: m.ticket_id,
+                message_id: m.id,
+            });
     }
     let Some(linked) = target else {
         return Ok(None);

@@ -108,14 +108,36 @@ pub async fn decide(
     );
     if !ids.is_empty() {
         let only_ids: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
-        if let Some((matched, message)) =
+        if let Some((matched, candidates)) =
             tickets::find_by_message_ids(tx, org.id, &only_ids).await?
         {
             let by = ids
                 .iter()
                 .find(|(i, _)| *i == matched)
                 .map_or(ThreadedBy::References, |(_, b)| *b);
-            if let Some(t) = tickets::ticket_by_id(tx, org.id, message.ticket_id).await? {
+            let mut ticket_ids: Vec<i64> = candidates.iter().map(|m| m.ticket_id).collect();
+            ticket_ids.dedup();
+            let mut chosen = None;
+            if ticket_ids.len() > 1 {
+                // A reused Message-ID: a stranger can send first with a guessed one. The
+                // ticket the sender takes part in is the one meant.
+                for id in &ticket_ids {
+                    if let Some(t) = tickets::ticket_by_id(tx, org.id, *id).await?
+                        && is_participant(tx, org.id, &t, sender).await?
+                    {
+                        chosen = Some(t);
+                        break;
+                    }
+                }
+                notes.push(format!(
+                    "Message-ID {matched} is carried by messages of {} tickets",
+                    ticket_ids.len()
+                ));
+            }
+            if chosen.is_none() {
+                chosen = tickets::ticket_by_id(tx, org.id, ticket_ids[0]).await?;
+            }
+            if let Some(t) = chosen {
                 return reopen_window(t, by, notes, org.reopen_window_days, now);
             }
         }
@@ -131,15 +153,7 @@ pub async fn decide(
             notes.push(format!("subject tag #{public_id} ignored: sender not authenticated (DKIM/DMARC) and the organization requires it"));
             continue;
         }
-        let requester = tickets::customer_by_id(tx, org.id, t.customer_id)
-            .await?
-            .and_then(|c| crate::address::normalize(&c.email));
-        let participant = sender.is_agent
-            || requester.as_deref() == Some(sender.email_norm)
-            || tickets::ticket_snapshot_addresses(tx, org.id, &t)
-                .await?
-                .iter()
-                .any(|a| a == sender.email_norm);
+        let participant = is_participant(tx, org.id, &t, sender).await?;
         if participant {
             return reopen_window(
                 t,
@@ -160,6 +174,28 @@ pub async fn decide(
         by: ThreadedBy::NewTicket,
         notes,
     })
+}
+
+/// True when the sender is the ticket's requester, in one of its CC snapshots, or an agent.
+async fn is_participant(
+    tx: &mut Tx,
+    org_id: i64,
+    t: &Ticket,
+    sender: Sender<'_>,
+) -> Result<bool, StoreError> {
+    if sender.is_agent {
+        return Ok(true);
+    }
+    let requester = tickets::customer_by_id(tx, org_id, t.customer_id)
+        .await?
+        .and_then(|c| crate::address::normalize(&c.email));
+    if requester.as_deref() == Some(sender.email_norm) {
+        return Ok(true);
+    }
+    Ok(tickets::ticket_snapshot_addresses(tx, org_id, t)
+        .await?
+        .iter()
+        .any(|a| a == sender.email_norm))
 }
 
 /// Closed statuses, current and legacy.
