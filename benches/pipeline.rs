@@ -396,6 +396,23 @@ fn print_results(opts: &Options, corpus: &CorpusStats, results: &[RunResult]) {
             r.batch_ms_max,
             r.read_secs
         );
+        println!(
+            "CPU of the gateway process: user {:.2} s + system {:.2} s = {:.0} µs per message; whole machine: {:.1} of {:.1} core-seconds busy ({:.1} by other processes{}), {:.1} idle in iowait; load average {} before, {} after",
+            r.cpu_user_s,
+            r.cpu_sys_s,
+            (r.cpu_user_s + r.cpu_sys_s) * 1e6 / r.messages.max(1) as f64,
+            r.machine_busy_s,
+            r.secs * cpus() as f64,
+            (r.machine_busy_s - r.cpu_user_s - r.cpu_sys_s).max(0.0),
+            if r.backend == "postgres" {
+                ", the PostgreSQL server included"
+            } else {
+                ""
+            },
+            r.machine_iowait_s,
+            r.load_before,
+            r.load_after
+        );
         let other: Vec<String> = r
             .outcomes
             .iter()
@@ -504,6 +521,13 @@ struct RunResult {
     blob_files: u64,
     blob_mb: f64,
     sql: Vec<(String, u64, f64)>,
+    cpu_user_s: f64,
+    cpu_sys_s: f64,
+    load_before: String,
+    load_after: String,
+    /// Machine-wide CPU seconds (all cores) during the run: busy, and idle waiting for I/O.
+    machine_busy_s: f64,
+    machine_iowait_s: f64,
 }
 
 fn child_main(opts: &Options, db: Db, spool: &Path) -> Result<(), String> {
@@ -611,6 +635,9 @@ async fn run_on(
     let mut reader = SpoolReader::open(spool).map_err(|e| format!("spool: {e}"))?;
     let mut pending: VecDeque<InFlight> = VecDeque::new();
 
+    result.load_before = loadavg();
+    let cpu_before = cpu_times();
+    let machine_before = machine_cpu();
     let start = Instant::now();
     let mut index = 0u64;
     loop {
@@ -664,6 +691,13 @@ async fn run_on(
         });
     }
     let elapsed = start.elapsed();
+    let cpu_after = cpu_times();
+    result.cpu_user_s = cpu_after.0 - cpu_before.0;
+    result.cpu_sys_s = cpu_after.1 - cpu_before.1;
+    result.load_after = loadavg();
+    let machine_after = machine_cpu();
+    result.machine_busy_s = machine_after.0 - machine_before.0;
+    result.machine_iowait_s = machine_after.1 - machine_before.1;
     while next_mark < marks.len() {
         result
             .rss_mb
@@ -3165,6 +3199,48 @@ fn proc_status_mb(key: &str) -> f64 {
                 .ok()
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// User and system CPU seconds of this process, all threads (USER_HZ is 100 on Linux).
+fn cpu_times() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (ticks(11), ticks(12))
+}
+
+/// Machine-wide busy and iowait CPU seconds since boot, summed over all cores (/proc/stat).
+fn machine_cpu() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse::<f64>().unwrap_or(0.0) / 100.0)
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    (get(0) + get(1) + get(2) + get(5) + get(6) + get(7), get(4))
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews the figures.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cpus() -> usize {

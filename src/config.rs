@@ -91,6 +91,9 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// HTML bytes converted to text at most (html2text is costly on huge input).
     pub max_html_to_text_bytes: usize,
+    /// HTML nested deeper than this is kept as plain text only: HTML parsers are quadratic
+    /// on deep nesting.
+    pub max_html_depth: usize,
 }
 
 /// `[policy]`: spam and rate limits (SPEC 2.9).
@@ -247,6 +250,7 @@ impl Default for LimitsConfig {
             max_depth: 20,
             max_headers: 1000,
             max_html_to_text_bytes: 2 * 1024 * 1024,
+            max_html_depth: 256,
         }
     }
 }

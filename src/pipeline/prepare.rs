@@ -76,21 +76,30 @@ pub fn prepare(
         });
     }
 
-    let html = parse::sanitize_html(&mail.html, &cid_urls);
+    let mut mail = mail;
+    let (max_bytes, max_depth) = (limits.max_html_to_text_bytes, limits.max_html_depth);
+    let depth = parse::html_guard::max_depth(&mail.html);
+    let html = if depth > max_depth {
+        mail.notes.push(format!(
+            "HTML is nested {depth} levels deep (limit {max_depth}); kept as text only"
+        ));
+        String::new()
+    } else {
+        parse::sanitize_html(&mail.html, &cid_urls)
+    };
     let html_only = mail.text.trim().is_empty() && !mail.html.trim().is_empty();
     let text = if html_only {
-        parse::html_to_text(&mail.html, limits.max_html_to_text_bytes)
+        parse::html_to_text(&mail.html, max_bytes, max_depth)
     } else {
         mail.text.clone()
     };
     // The longer body is the one a person reads, so it is the one whose language counts.
     let language = if !html_only && html.len() > text.len() {
-        parse::detect_language(&parse::html_to_text(&html, limits.max_html_to_text_bytes))
+        parse::detect_language(&parse::html_to_text(&html, max_bytes, max_depth))
     } else {
         parse::detect_language(&text)
     };
     // Attachment bytes are on disk now; keep the parsed mail light in memory.
-    let mut mail = mail;
     for a in &mut mail.attachments {
         a.bytes = Vec::new();
     }

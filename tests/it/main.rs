@@ -6,3 +6,4 @@ mod cli;
 mod corpus;
 mod fixtures;
 mod pipeline;
+mod robustness;

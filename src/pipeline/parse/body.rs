@@ -1,8 +1,12 @@
 //! HTML to readable text, bounded: html2text is fast on mail but not on pathological input.
 
 /// Readable text for an HTML body; falls back to stripping tags when html2text fails.
-pub fn html_to_text(html: &str, max_bytes: usize) -> String {
+/// HTML nested deeper than `max_depth` skips html2text (see `html_guard`).
+pub fn html_to_text(html: &str, max_bytes: usize, max_depth: usize) -> String {
     let input = truncate_at_char(html, max_bytes);
+    if super::html_guard::max_depth(input) > max_depth {
+        return tidy(&strip_tags(input));
+    }
     let converted = std::panic::catch_unwind(|| {
         html2text::config::plain_no_decorate()
             .allow_width_overflow()
@@ -75,7 +79,11 @@ mod tests {
 
     #[test]
     fn converts_html() {
-        let t = html_to_text("<p>Hello <b>world</b></p><p>Second&nbsp;para</p>", 10_000);
+        let t = html_to_text(
+            "<p>Hello <b>world</b></p><p>Second&nbsp;para</p>",
+            10_000,
+            256,
+        );
         assert!(t.contains("Hello world"), "{t}");
         assert!(t.contains("Second"), "{t}");
     }
@@ -83,8 +91,14 @@ mod tests {
     #[test]
     fn bounded() {
         let big = "<div>".repeat(100_000);
-        let t = html_to_text(&big, 1000);
+        let t = html_to_text(&big, 1000, 256);
         assert!(t.len() < 1000);
+        let deep = format!(
+            "{}deep text{}",
+            "<div>".repeat(100_000),
+            "</div>".repeat(100_000)
+        );
+        assert_eq!(html_to_text(&deep, usize::MAX, 256), "deep text");
         assert_eq!(truncate_at_char("héllo", 2), "h");
     }
 }

@@ -7,6 +7,7 @@ mod attachments;
 mod body;
 mod charset;
 mod headers;
+pub mod html_guard;
 mod language;
 mod sanitize;
 
@@ -238,27 +239,21 @@ fn split_head_body(text: &str) -> (&str, &str) {
 }
 
 fn nesting_depth(message: &mail_parser::Message<'_>) -> usize {
-    fn walk(
-        message: &mail_parser::Message<'_>,
-        id: u32,
-        depth: usize,
-        budget: &mut usize,
-    ) -> usize {
-        if *budget == 0 {
-            return depth;
+    // Iterative: a hostile message can nest thousands deep.
+    let mut deepest = 0;
+    let mut stack = vec![(0u32, 0usize)];
+    let mut budget = 100_000;
+    while let Some((id, depth)) = stack.pop() {
+        budget -= 1;
+        if budget == 0 {
+            break;
         }
-        *budget -= 1;
-        match message.part(id).map(|p| &p.body) {
-            Some(PartType::Multipart(children)) => children
-                .iter()
-                .map(|c| walk(message, *c, depth + 1, budget))
-                .max()
-                .unwrap_or(depth),
-            _ => depth,
+        deepest = deepest.max(depth);
+        if let Some(PartType::Multipart(children)) = message.part(id).map(|p| &p.body) {
+            stack.extend(children.iter().map(|c| (*c, depth + 1)));
         }
     }
-    let mut budget = 100_000;
-    walk(message, 0, 0, &mut budget)
+    deepest
 }
 
 /// The part ids at most `max_depth` multiparts deep.
