@@ -11,6 +11,8 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::config::{LimitsConfig, OrganizationConfig, PolicyConfig};
 use crate::pipeline::{Envelope, IngestError, Pipeline, ReplyTokens, Settings, Source};
 use crate::store::blobs::FsBlobStore;
+use crate::store::scratch::ScratchPostgres;
+pub use crate::store::scratch::replace_db_name;
 use crate::store::tickets::{self, NewMessage, TicketState};
 use crate::store::{self, Store, StoreError, orgs, quarantine};
 
@@ -173,7 +175,7 @@ pub async fn run_case(dir: &Path, db: &CaseDatabase) -> Result<CaseReport, Repla
             None,
         ),
         CaseDatabase::Postgres(base) => {
-            let guard = TempPostgres::create(base).await?;
+            let guard = ScratchPostgres::create(base).await?;
             (guard.url.clone(), Some(guard))
         }
     };
@@ -680,62 +682,6 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// A database created for one case on a PostgreSQL server and dropped after it.
-struct TempPostgres {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempPostgres {
-    async fn create(base_url: &str) -> Result<Self, ReplayError> {
-        use sqlx::Connection;
-        let name = format!("idk_case_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(base_url)
-            .await
-            .map_err(StoreError::from)?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
-        conn.close().await.map_err(StoreError::from)?;
-        Ok(Self {
-            admin_url: base_url.to_string(),
-            url: replace_db_name(base_url, &name),
-            name,
-        })
-    }
-
-    async fn drop_database(self) {
-        use sqlx::Connection;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-            let _ = conn.close().await;
-        }
-    }
-}
-
-/// `postgres://u@h:5432/test?x=y` with the database name replaced.
-pub fn replace_db_name(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,18 +702,5 @@ mod tests {
         assert!(diff.contains("a: expected 2, found 1"), "{diff}");
         assert!(diff.contains("must not contain"), "{diff}");
         assert!(diff.contains("expected 2 items, found 1"), "{diff}");
-    }
-
-    #[test]
-    fn db_name_replacement() {
-        assert_eq!(
-            replace_db_name("postgres://postgres@127.0.0.1:5432/test", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            replace_db_name("postgres://h/test?sslmode=disable", "x"),
-            "postgres://h/x?sslmode=disable"
-        );
-        assert_eq!(replace_db_name("postgres://h", "x"), "postgres://h/x");
     }
 }

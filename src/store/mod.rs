@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod orgs;
 pub mod quarantine;
 pub mod raw;
+pub mod scratch;
 pub mod tickets;
 
 use std::path::Path;

@@ -155,13 +155,13 @@ fn admin_commands_and_deliver_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_and_deliver_postgres() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, name) = fresh_postgres().await;
+    let (url, db) = fresh_postgres().await;
     let path = dir.path().to_path_buf();
     let u = url.clone();
     tokio::task::spawn_blocking(move || admin_flow(&path, &u))
         .await
         .expect("join");
-    drop_postgres(&name).await;
+    drop_postgres(db).await;
 }
 
 #[test]
@@ -377,13 +377,13 @@ fn parallel_processes_number_without_gaps_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_processes_number_without_gaps_postgres() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, name) = fresh_postgres().await;
+    let (url, db) = fresh_postgres().await;
     let path = dir.path().to_path_buf();
     let u = url.clone();
     tokio::task::spawn_blocking(move || parallel_delivers(&path, &u))
         .await
         .expect("join");
-    drop_postgres(&name).await;
+    drop_postgres(db).await;
 }
 
 /// A free port on 127.0.0.1 (bound then released).

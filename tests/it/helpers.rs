@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use initdesk_gateway::pipeline::{Pipeline, ReplyTokens, Settings};
 use initdesk_gateway::store::blobs::FsBlobStore;
+use initdesk_gateway::store::scratch::ScratchPostgres;
 use initdesk_gateway::store::{self, Store, orgs};
 
 /// The PostgreSQL server tests use. It must be running: the README test command starts it,
@@ -42,7 +43,7 @@ pub struct TestGateway {
     pub store: Store,
     pub pipeline: Pipeline,
     pub dir: tempfile::TempDir,
-    pg_name: Option<String>,
+    pg: Option<ScratchPostgres>,
 }
 
 impl TestGateway {
@@ -61,14 +62,14 @@ impl TestGateway {
     /// A new gateway with explicit pipeline settings.
     pub async fn with_settings(db: Db, settings: Settings) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (url, pg_name) = match db {
+        let (url, pg) = match db {
             Db::Sqlite => (
                 format!("sqlite://{}", dir.path().join("gateway.db").display()),
                 None,
             ),
             Db::Postgres => {
-                let (url, name) = fresh_postgres().await;
-                (url, Some(name))
+                let (url, db) = fresh_postgres().await;
+                (url, Some(db))
             }
         };
         let store = store::open(&url, 4).await.expect("open store");
@@ -87,49 +88,29 @@ impl TestGateway {
             store,
             pipeline,
             dir,
-            pg_name,
+            pg,
         }
     }
 
     /// Drops the PostgreSQL database, if any.
     pub async fn cleanup(self) {
         self.store.close().await;
-        if let Some(name) = self.pg_name {
-            drop_postgres(&name).await;
+        if let Some(db) = self.pg {
+            drop_postgres(db).await;
         }
     }
 }
 
-/// Creates an empty database on the test server; returns its URL and name.
-pub async fn fresh_postgres() -> (String, String) {
-    use sqlx::Connection;
+/// Creates an empty database on the test server; returns its URL and a handle to drop it.
+pub async fn fresh_postgres() -> (String, ScratchPostgres) {
     let base = postgres_url();
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is required at {base} (the test command starts it): {e}")
-        });
-    let name = format!("idk_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    conn.close().await.expect("close");
-    (
-        initdesk_gateway::replay::replace_db_name(&base, &name),
-        name,
-    )
+    let db = ScratchPostgres::create(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required at {base} (the test command starts it): {e}")
+    });
+    (db.url.clone(), db)
 }
 
 /// Drops a database made by [`fresh_postgres`].
-pub async fn drop_postgres(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-        let _ = conn.close().await;
-    }
+pub async fn drop_postgres(db: ScratchPostgres) {
+    db.drop_database().await;
 }
