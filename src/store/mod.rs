@@ -10,7 +10,7 @@ pub mod raw;
 pub mod scratch;
 pub mod tickets;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -157,7 +157,34 @@ impl Store {
     /// Creates or upgrades the schema.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Store::Sqlite(p) => {
+                // sqlx locks migrations on PostgreSQL (an advisory lock) but not on SQLite, and
+                // an MTA may start several `deliver`s on a fresh file at once: a file lock
+                // beside the database serializes them.
+                let db = p.connect_options().get_filename().to_path_buf();
+                let lock = if db.as_os_str().is_empty() || db.to_string_lossy().contains(":memory:")
+                {
+                    None
+                } else {
+                    let path = PathBuf::from(format!("{}.migrate-lock", db.display()));
+                    let file =
+                        tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                            let file = std::fs::OpenOptions::new()
+                                .create(true)
+                                .truncate(false)
+                                .write(true)
+                                .open(path)?;
+                            file.lock()?;
+                            Ok(file)
+                        })
+                        .await
+                        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+                    Some(file)
+                };
+                let result = SQLITE_MIGRATIONS.run(p).await;
+                drop(lock);
+                result?;
+            }
             Store::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
         }
         Ok(())

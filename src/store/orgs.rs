@@ -135,81 +135,161 @@ pub async fn create_org(tx: &mut Tx, new: &NewOrg<'_>) -> Result<Org, StoreError
 
 /// Applies a config-declared organization: created when new, otherwise updated in place.
 pub async fn apply_config(tx: &mut Tx, c: &OrganizationConfig) -> Result<Org, StoreError> {
+    // Every command applies the configuration at start, and MTAs start many `deliver`s at
+    // once: applying must write nothing when nothing changed, and tolerate a concurrent
+    // first creation.
     let new = NewOrg::from_config(c);
-    let existing: Option<i64> = with_tx!(tx, |conn| sqlx::query_scalar(
-        "SELECT id FROM organizations WHERE name = $1"
-    )
-    .bind(&c.name)
-    .fetch_optional(conn)
-    .await)?;
-    let org_id = match existing {
-        None => create_org(tx, &new).await?.id,
-        Some(id) => {
-            with_tx!(tx, |conn| {
-                sqlx::query(
-                "UPDATE organizations SET cc_email_routing = $2, auto_tagging = $3, reopen_window_days = $4, subject_tag_prefix = $5,
-                 authserv_id = $6, require_authenticated_sender = $7, webhook_url = $8, webhook_secret = $9, updated_at = $10 WHERE id = $1"
-            )
-            .bind(id)
-            .bind(new.cc_email_routing)
-            .bind(new.auto_tagging)
-            .bind(new.reopen_window_days)
-            .bind(new.subject_tag_prefix)
-            .bind(new.authserv_id)
-            .bind(new.require_authenticated_sender)
-            .bind(new.webhook_url)
-            .bind(new.webhook_secret)
-            .bind(now())
-            .execute(conn)
-            .await
-        .map(|r| r.rows_affected())
-            })?;
-            set_domains(tx, id, &c.domains).await?;
-            id
+    let existing = match org_by_name(tx, &c.name).await? {
+        Some(org) => org,
+        None => {
+            // Under a savepoint: on PostgreSQL a lost race aborts everything after it otherwise.
+            tx.savepoint().await?;
+            match create_org(tx, &new).await {
+                Ok(org) => {
+                    tx.release_savepoint().await?;
+                    org
+                }
+                Err(StoreError::Conflict(_)) => {
+                    tx.rollback_to_savepoint().await?;
+                    org_by_name(tx, &c.name)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("organization {:?}", c.name)))?
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
-    for inbox in &c.inboxes {
-        upsert_inbox(
-            tx,
-            org_id,
-            &inbox.email_prefix,
-            &inbox.name,
-            inbox.auto_acknowledge,
+    let org_id = existing.id;
+    let same = existing.cc_email_routing == new.cc_email_routing
+        && existing.auto_tagging == new.auto_tagging
+        && existing.reopen_window_days == new.reopen_window_days
+        && existing.subject_tag_prefix == new.subject_tag_prefix
+        && existing.authserv_id == new.authserv_id
+        && existing.require_authenticated_sender == new.require_authenticated_sender
+        && existing.webhook_url == new.webhook_url
+        && existing.webhook_secret == new.webhook_secret;
+    if !same {
+        with_tx!(tx, |conn| {
+            sqlx::query(
+            "UPDATE organizations SET cc_email_routing = $2, auto_tagging = $3, reopen_window_days = $4, subject_tag_prefix = $5,
+             authserv_id = $6, require_authenticated_sender = $7, webhook_url = $8, webhook_secret = $9, updated_at = $10 WHERE id = $1"
         )
-        .await?;
+        .bind(org_id)
+        .bind(new.cc_email_routing)
+        .bind(new.auto_tagging)
+        .bind(new.reopen_window_days)
+        .bind(new.subject_tag_prefix)
+        .bind(new.authserv_id)
+        .bind(new.require_authenticated_sender)
+        .bind(new.webhook_url)
+        .bind(new.webhook_secret)
+        .bind(now())
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
     }
+    let wanted: Vec<String> = c
+        .domains
+        .iter()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    if existing.domains != {
+        let mut sorted = wanted.clone();
+        sorted.sort();
+        sorted.dedup();
+        sorted
+    } {
+        set_domains(tx, org_id, &wanted).await?;
+    }
+    let inboxes = list_inboxes(tx, org_id).await?;
+    for inbox in &c.inboxes {
+        let prefix = inbox.email_prefix.to_ascii_lowercase();
+        let unchanged = inboxes.iter().any(|i| {
+            i.email_prefix == prefix
+                && i.name == inbox.name
+                && i.auto_acknowledge == inbox.auto_acknowledge
+        });
+        if !unchanged {
+            upsert_inbox(
+                tx,
+                org_id,
+                &inbox.email_prefix,
+                &inbox.name,
+                inbox.auto_acknowledge,
+            )
+            .await?;
+        }
+    }
+    let users = list_users(tx, org_id).await?;
     for user in &c.users {
-        upsert_user(tx, org_id, &user.email, &user.name).await?;
+        let unchanged = users
+            .iter()
+            .any(|u| u.email.eq_ignore_ascii_case(user.email.trim()) && u.name == user.name);
+        if !unchanged {
+            upsert_user(tx, org_id, &user.email, &user.name).await?;
+        }
     }
     get_org(tx, org_id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("organization {org_id}")))
 }
 
+async fn org_by_name(tx: &mut Tx, name: &str) -> Result<Option<Org>, StoreError> {
+    let id: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM organizations WHERE name = $1"
+    )
+    .bind(name)
+    .fetch_optional(c)
+    .await)?;
+    match id {
+        Some(id) => get_org(tx, id).await,
+        None => Ok(None),
+    }
+}
+
+/// Makes the organization's domains exactly `domains`, touching only what differs.
 async fn set_domains(tx: &mut Tx, org_id: i64, domains: &[String]) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
-        "DELETE FROM organization_domains WHERE organization_id = $1"
+    let domains: Vec<String> = domains
+        .iter()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    let current: Vec<String> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT domain FROM organization_domains WHERE organization_id = $1"
     )
     .bind(org_id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
-    for d in domains {
-        let domain = d.trim().to_ascii_lowercase();
+    .fetch_all(c)
+    .await)?;
+    for old in current.iter().filter(|d| !domains.contains(d)) {
         with_tx!(tx, |c| sqlx::query(
-            "INSERT INTO organization_domains (domain, organization_id) VALUES ($1, $2)"
+            "DELETE FROM organization_domains WHERE organization_id = $1 AND domain = $2"
         )
-        .bind(&domain)
         .bind(org_id)
+        .bind(old)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| {
-            conflict(
-                e,
-                &format!("domain {domain} belongs to another organization"),
-            )
+        .map(|r| r.rows_affected()))?;
+    }
+    for domain in domains.iter().filter(|d| !current.contains(d)) {
+        with_tx!(tx, |c| {
+            sqlx::query("INSERT INTO organization_domains (domain, organization_id) VALUES ($1, $2) ON CONFLICT (domain) DO NOTHING")
+            .bind(domain)
+            .bind(org_id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
         })?;
+        let owner: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT organization_id FROM organization_domains WHERE domain = $1"
+        )
+        .bind(domain)
+        .fetch_optional(c)
+        .await)?;
+        if owner != Some(org_id) {
+            return Err(StoreError::Conflict(format!(
+                "domain {domain} belongs to another organization"
+            )));
+        }
     }
     Ok(())
 }

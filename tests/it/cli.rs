@@ -454,3 +454,58 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     );
     assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
 }
+
+/// An MTA starts many `deliver`s at once, each applying the config's organizations (the
+/// first ones creating them): none may fail, and numbering stays gap-free.
+fn parallel_delivers_with_config(dir: &Path, url: &str) {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[organizations]]\nname = \"Acme\"\ndomains = [\"acme.test\", \"ACME-mail.test\"]\n\n  [[organizations.inboxes]]\n  email_prefix = \"support\"\n  name = \"Support\"\n\n  [[organizations.users]]\n  email = \"agent@acme.test\"\n  name = \"Agent\"\n",
+    )
+    .expect("config");
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = gateway(dir, url);
+            c.args(["deliver", "--recipient", "support@acme-mail.test", "--config"])
+                .arg(&config)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().expect("spawn");
+            let body = format!("From: c{i}@example.com\r\nSubject: request {i}\r\nMessage-ID: <cfg{i}@example.com>\r\n\r\nhello {i}\r\n");
+            if let Some(mut input) = child.stdin.take() {
+                input.write_all(body.as_bytes()).expect("stdin");
+            }
+            child
+        })
+        .collect();
+    let mut ids: Vec<i64> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            json(&out)["public_id"].as_i64().expect("public_id")
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=8).collect::<Vec<i64>>());
+}
+
+#[test]
+fn parallel_delivers_apply_config_safely_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    parallel_delivers_with_config(dir.path(), &sqlite_url(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_delivers_apply_config_safely_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, db) = fresh_postgres().await;
+    let path = dir.path().to_path_buf();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || parallel_delivers_with_config(&path, &u))
+        .await
+        .expect("join");
+    drop_postgres(db).await;
+}
