@@ -193,12 +193,12 @@ ensure_postgres() {
 ensure_postgres
 
 # --- Dovecot (IMAP) --------------------------------------------------------------------
-# TODO(imap tests): install and start a local Dovecot here, the same way as PostgreSQL:
+# Issue 4 (IMAP) installs and starts a local Dovecot here, the same way as PostgreSQL:
 # leave a running one alone, otherwise install, configure, start, wait (bounded), and
 # die with a message if it still does not answer.
 
 # --- Postfix (SMTP relay / pipe transport) ---------------------------------------------
-# TODO(outbound and pipe tests): install and start a local Postfix here, same rules.
+# Issue 3 (SMTP/LMTP behind Postfix) adds its install and start here, same rules.
 
 # --- Rust checks -----------------------------------------------------------------------
 
@@ -218,7 +218,8 @@ cargo fmt --all -- --check "${FMT_COLOR[@]}"
 say "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
 
-say "cargo test --all-targets ${LOCKED[*]}"
+export INITDESK_TEST_POSTGRES_URL="${INITDESK_TEST_POSTGRES_URL:-$DEFAULT_PG_URL}"
+say "cargo test --all-targets ${LOCKED[*]} (PostgreSQL: $INITDESK_TEST_POSTGRES_URL)"
 cargo test --all-targets "${LOCKED[@]}"
 
 say "all checks passed"

@@ -154,7 +154,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("initdesk-gateway: {e}");
-            return ExitCode::from(exit::CONFIG);
+            // For an MTA's pipe transport 78 is permanent and would bounce the mail; a broken
+            // configuration is the operator's to fix while the mail waits in the queue.
+            let code = if matches!(cli.command, Command::Deliver(_)) {
+                exit::TEMPFAIL
+            } else {
+                exit::CONFIG
+            };
+            return ExitCode::from(code);
         }
     };
     let result = match cli.command {

@@ -390,9 +390,19 @@ impl Config {
 }
 
 /// `INITDESK_SMTP_MAX_MESSAGE_BYTES` -> `smtp.max_message_bytes`: the section is the first word.
+/// The sections environment variables may override; other `INITDESK_*` variables (such as
+/// `INITDESK_CONFIG` or a test suite's own) are not configuration.
+const ENV_SECTIONS: &[&str] = &[
+    "database", "storage", "smtp", "http", "outbound", "limits", "policy",
+];
+
 fn env_overrides() -> Env {
     Env::prefixed("INITDESK_")
-        .filter(|key| key.as_str() != "config")
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key.split_once('_')
+                .is_some_and(|(section, rest)| !rest.is_empty() && ENV_SECTIONS.contains(&section))
+        })
         .map(|key| {
             let key = key.as_str().to_ascii_lowercase();
             match key.split_once('_') {

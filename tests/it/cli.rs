@@ -509,3 +509,27 @@ async fn parallel_delivers_apply_config_safely_postgres() {
         .expect("join");
     drop_postgres(db).await;
 }
+
+#[test]
+fn deliver_defers_on_a_bad_configuration_and_ignores_foreign_variables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[smtp]\nlisen = 1\n").expect("write");
+    let mut c = gateway(dir.path(), &sqlite_url(dir.path()));
+    c.args(["deliver", "--recipient", "support@acme.test", "--config"])
+        .arg(&bad);
+    let out = run(c, MAIL);
+    assert_eq!(
+        code(&out),
+        75,
+        "Postfix must keep the mail, not bounce it: {}",
+        stderr(&out)
+    );
+    // INITDESK_* variables that name no section are not configuration.
+    let mut c = gateway(dir.path(), &sqlite_url(dir.path()));
+    c.env("INITDESK_TEST_POSTGRES_URL", "postgres://x/y")
+        .env("INITDESK_FOO", "1")
+        .arg("migrate");
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -153,6 +153,21 @@ pub fn decode_utf7(bytes: &[u8]) -> String {
     out
 }
 
+/// `bytes` as text: UTF-8 when they are, else the first declared charset that decodes them
+/// cleanly (windows-1252, last in `charsets`, always does).
+pub(super) fn decode_best(bytes: &[u8], charsets: &[&'static Encoding]) -> String {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_string();
+    }
+    charsets
+        .iter()
+        .find_map(|enc| enc.decode_without_bom_handling_and_without_replacement(bytes))
+        .map_or_else(
+            || String::from_utf8_lossy(bytes).into_owned(),
+            |s| s.into_owned(),
+        )
+}
+
 /// True when `s` shows the marks of a lossy UTF-8 decode.
 pub(super) fn is_damaged(s: &str) -> bool {
     s.contains('\u{FFFD}')

@@ -14,7 +14,7 @@ mod sanitize;
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use mail_parser::{Address, HeaderValue, MessageParser, PartType};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 use sha2::{Digest, Sha256};
 
 pub use attachments::{ParsedAttachment, sanitize_filename};
@@ -152,7 +152,8 @@ fn from_message(
             .position(|a| a.content_type.starts_with("multipart/"))
     {
         let blob = attachments.remove(pos);
-        text = String::from_utf8_lossy(&blob.bytes)
+        text = opaque_body_text(message)
+            .unwrap_or_else(|| charset::decode_best(&blob.bytes, &charset::declared(message)))
             .trim()
             .replace("\r\n", "\n");
         notes.push("MIME structure is broken (the declared boundary never appears); the body is kept as text".into());
@@ -236,6 +237,26 @@ fn split_head_body(text: &str) -> (&str, &str) {
         }
     }
     (text, "")
+}
+
+/// The body of a multipart whose parts could not be found, from the raw bytes: transfer
+/// encoding undone, then decoded in the message's charsets (the parser's text is lossy).
+fn opaque_body_text(message: &mail_parser::Message<'_>) -> Option<String> {
+    use mail_parser::decoders::{base64::base64_decode, quoted_printable::quoted_printable_decode};
+    let part = message.parts.iter().find(|p| {
+        !matches!(p.body, PartType::Multipart(_))
+            && p.content_type()
+                .is_some_and(|c| c.ctype().eq_ignore_ascii_case("multipart"))
+    })?;
+    let raw = message
+        .raw_message()
+        .get(part.offset_body as usize..part.offset_end as usize)?;
+    let bytes = match part.encoding {
+        mail_parser::Encoding::QuotedPrintable => quoted_printable_decode(raw)?,
+        mail_parser::Encoding::Base64 => base64_decode(raw)?,
+        mail_parser::Encoding::None => raw.to_vec(),
+    };
+    Some(charset::decode_best(&bytes, &charset::declared(message)))
 }
 
 fn nesting_depth(message: &mail_parser::Message<'_>) -> usize {
