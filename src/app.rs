@@ -1,13 +1,25 @@
 //! `serve`: every long-running task under one shutdown token.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::intake::Intake;
+use crate::listeners::smtp::{self, ListenerConfig, Services};
 use crate::pipeline::Pipeline;
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = addr.parse().with_context(|| format!("{key} {addr:?}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))
+}
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -18,43 +30,93 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.outbound.secret_file.display()
         )
     })?;
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let tls = if config.smtp.tls_cert.is_empty() {
+        None
+    } else {
+        Some(
+            smtp::load_tls(
+                Path::new(&config.smtp.tls_cert),
+                Path::new(&config.smtp.tls_key),
+            )
+            .context("smtp.tls_cert / smtp.tls_key")?,
+        )
+    };
 
-    let http_addr: SocketAddr = config
-        .http
-        .listen
-        .parse()
-        .with_context(|| format!("http.listen {:?}", config.http.listen))?;
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding http.listen {http_addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+    // Bind everything before announcing readiness, so a taken port stops start-up.
+    let http = bind("http.listen", &config.http.listen).await?;
+    let smtp_listener = bind("smtp.listen", &config.smtp.listen).await?;
+    let lmtp_listener = if config.smtp.lmtp_listen.is_empty() {
+        None
+    } else {
+        Some(bind("smtp.lmtp_listen", &config.smtp.lmtp_listen).await?)
+    };
+
+    let stopping = CancellationToken::new();
+    let stop_now = CancellationToken::new();
+    let (intake, committer) = Intake::start(pipeline.clone());
+    let services = Services {
+        pipeline: pipeline.clone(),
+        intake,
+        stopping: stopping.clone(),
+        stop_now: stop_now.clone(),
+    };
+    let accept_loops = TaskTracker::new();
+    let sessions = TaskTracker::new();
+
+    tracing::info!(addr = %smtp_listener.local_addr()?, "SMTP listening");
+    accept_loops.spawn(smtp::serve(
+        smtp_listener,
+        ListenerConfig::from_config(&config.smtp, false, tls.clone()),
+        services.clone(),
+        sessions.clone(),
+    ));
+    if let Some(listener) = lmtp_listener {
+        tracing::info!(addr = %listener.local_addr()?, "LMTP listening");
+        accept_loops.spawn(smtp::serve(
+            listener,
+            ListenerConfig::from_config(&config.smtp, true, tls.clone()),
+            services.clone(),
+            sessions.clone(),
+        ));
+    }
+    accept_loops.close();
+
+    tracing::info!(addr = %http.local_addr()?, "HTTP listening");
     let router = crate::api::router(crate::api::AppState {
         pipeline: pipeline.clone(),
     });
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    let http_stop = stopping.clone();
+    let http_task = tokio::spawn(async move {
+        let result = axum::serve(http, router)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    tasks.close();
 
     tracing::info!(database = %crate::cli::redact(&config.database.url), "initdesk-gateway started");
     wait_for_signal().await;
-    tracing::info!("shutting down: draining open sessions");
-    shutdown.cancel();
-    if tokio::time::timeout(std::time::Duration::from_secs(30), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("tasks still running after 30 s; stopping anyway");
+
+    let grace = Duration::from_secs(config.smtp.shutdown_grace_secs);
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new connections; finishing sessions in flight"
+    );
+    stopping.cancel();
+    accept_loops.wait().await;
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!("grace period over: closing the remaining sessions with 421");
+        stop_now.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
     }
+    // The committer stops once no session can hand it anything more.
+    drop(services);
+    let _ = committer.await;
+    let _ = http_task.await;
     store.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -57,6 +57,20 @@ pub struct SmtpConfig {
     pub max_message_bytes: u64,
     pub tls_cert: String,
     pub tls_key: String,
+    /// Recipients accepted per message (RFC 5321 asks for at least 100).
+    pub max_recipients: usize,
+    /// Sessions at once, all clients together.
+    pub max_connections: usize,
+    /// Sessions at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client may stay silent (RFC 5321 suggests 5 minutes).
+    pub idle_timeout_secs: u64,
+    /// Seconds one session may last in all.
+    pub session_timeout_secs: u64,
+    /// Commands answered with an error before the session is closed.
+    pub max_errors: usize,
+    /// Seconds sessions in flight get to finish on shutdown before they are closed with 421.
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[http]`
@@ -223,6 +237,13 @@ impl Default for SmtpConfig {
             max_message_bytes: 26_214_400,
             tls_cert: String::new(),
             tls_key: String::new(),
+            max_recipients: 100,
+            max_connections: 500,
+            max_connections_per_ip: 20,
+            idle_timeout_secs: 300,
+            session_timeout_secs: 1800,
+            max_errors: 20,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -314,8 +335,30 @@ impl Config {
         if self.smtp.tls_cert.is_empty() != self.smtp.tls_key.is_empty() {
             return bad("smtp.tls_cert", "tls_cert and tls_key must be set together");
         }
-        if self.smtp.max_message_bytes == 0 {
-            return bad("smtp.max_message_bytes", "must be greater than 0");
+        for (key, value) in [
+            (
+                "smtp.max_message_bytes",
+                self.smtp.max_message_bytes as usize,
+            ),
+            ("smtp.max_recipients", self.smtp.max_recipients),
+            ("smtp.max_connections", self.smtp.max_connections),
+            (
+                "smtp.max_connections_per_ip",
+                self.smtp.max_connections_per_ip,
+            ),
+            (
+                "smtp.idle_timeout_secs",
+                self.smtp.idle_timeout_secs as usize,
+            ),
+            (
+                "smtp.session_timeout_secs",
+                self.smtp.session_timeout_secs as usize,
+            ),
+            ("smtp.max_errors", self.smtp.max_errors),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
         }
         if !(self.http.public_url.starts_with("http://")
             || self.http.public_url.starts_with("https://"))

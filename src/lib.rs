@@ -1,6 +1,6 @@
 //! initdesk-gateway: the inbound email gateway of the initdesk helpdesk.
 //!
-//! Mail flows one way: listeners -> [`pipeline`] (parse, route, customer, thread, policy)
+//! Mail flows one way: [`listeners`] -> [`intake`] -> [`pipeline`] (parse, route, customer, thread, policy)
 //! -> [`store`]. The command line ([`cli`]) and the fixture runner ([`replay`]) drive the
 //! same pipeline that the listeners do.
 
@@ -9,6 +9,8 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod intake;
+pub mod listeners;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;

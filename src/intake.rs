@@ -1,0 +1,81 @@
+//! Group commit for the listeners: every session hands its message here and waits; one task
+//! commits all that queued in a single transaction ([`Pipeline::ingest_batch`]) and answers
+//! each session. While one commit's fsync runs, the next batch gathers, so durability costs
+//! one fsync per batch, not per message.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::pipeline::{Delivery, IngestError, Outcome, Pipeline};
+use crate::store::StoreError;
+
+/// Messages committed together at most.
+const MAX_BATCH: usize = 256;
+
+type Results = Vec<Result<Outcome, IngestError>>;
+
+struct Job {
+    deliveries: Vec<Delivery>,
+    reply: oneshot::Sender<Results>,
+}
+
+/// The handle sessions submit to; cheap to clone. The committer stops when every handle is gone.
+#[derive(Clone, Debug)]
+pub struct Intake {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Intake {
+    /// Starts the committer task for `pipeline`.
+    pub fn start(pipeline: Pipeline) -> (Intake, tokio::task::JoinHandle<()>) {
+        let (jobs, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(commit_loop(pipeline, rx));
+        (Intake { jobs }, task)
+    }
+
+    /// Commits `deliveries` (one per recipient of a message) and returns one result each.
+    pub async fn submit(&self, deliveries: Vec<Delivery>) -> Results {
+        let n = deliveries.len();
+        let (reply, answer) = oneshot::channel();
+        let gone = || {
+            (0..n)
+                .map(|_| {
+                    Err(IngestError::Temporary(StoreError::Io(
+                        std::io::Error::other("the committer has stopped"),
+                    )))
+                })
+                .collect()
+        };
+        if self.jobs.send(Job { deliveries, reply }).await.is_err() {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
+}
+
+async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].deliveries.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.deliveries.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.deliveries.len()).collect();
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut all = Vec::with_capacity(count);
+        for job in jobs {
+            all.extend(job.deliveries);
+            replies.push(job.reply);
+        }
+        let mut results = pipeline.ingest_batch(all).await.into_iter();
+        for (reply, size) in replies.into_iter().zip(sizes) {
+            // A session that gave up (client gone) no longer listens; its mail is committed anyway.
+            let _ = reply.send(results.by_ref().take(size).collect());
+        }
+    }
+}

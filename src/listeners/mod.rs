@@ -1,0 +1,3 @@
+//! Where mail comes in: the SMTP and LMTP listeners (the pipe transport is `deliver`).
+
+pub mod smtp;
