@@ -7,3 +7,4 @@ mod corpus;
 mod fixtures;
 mod pipeline;
 mod robustness;
+mod smtp;

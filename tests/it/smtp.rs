@@ -1,0 +1,492 @@
+//! The SMTP and LMTP listeners over real sockets: protocol, limits, hardening, durability.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use initdesk_gateway::config::SmtpConfig;
+use initdesk_gateway::intake::Intake;
+use initdesk_gateway::listeners::smtp::{self, ListenerConfig, Services};
+use initdesk_gateway::store::tickets;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::helpers::{Db, TestGateway};
+
+/// A listener on 127.0.0.1:0 in front of a fresh gateway.
+struct Server {
+    addr: SocketAddr,
+    gw: TestGateway,
+    stopping: CancellationToken,
+    stop_now: CancellationToken,
+    sessions: TaskTracker,
+}
+
+async fn start(db: Db, lmtp: bool, tweak: impl FnOnce(&mut SmtpConfig)) -> Server {
+    let gw = TestGateway::new(db).await;
+    let mut c = SmtpConfig::default();
+    tweak(&mut c);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (intake, _committer) = Intake::start(gw.pipeline.clone());
+    let stopping = CancellationToken::new();
+    let stop_now = CancellationToken::new();
+    let services = Services {
+        pipeline: gw.pipeline.clone(),
+        intake,
+        stopping: stopping.clone(),
+        stop_now: stop_now.clone(),
+    };
+    let sessions = TaskTracker::new();
+    tokio::spawn(smtp::serve(
+        listener,
+        ListenerConfig::from_config(&c, lmtp, None),
+        services,
+        sessions.clone(),
+    ));
+    Server {
+        addr,
+        gw,
+        stopping,
+        stop_now,
+        sessions,
+    }
+}
+
+impl Server {
+    async fn ticket_subjects(&self) -> Vec<String> {
+        let mut tx = self.gw.store.begin_read().await.expect("begin");
+        let mut out = Vec::new();
+        for org in [1, 2] {
+            out.extend(
+                tickets::list_tickets(&mut tx, org)
+                    .await
+                    .expect("tickets")
+                    .into_iter()
+                    .map(|t| t.subject),
+            );
+        }
+        tx.rollback().await.expect("rollback");
+        out
+    }
+
+    async fn stop(self) {
+        self.stopping.cancel();
+        self.stop_now.cancel();
+        self.gw.cleanup().await;
+    }
+}
+
+/// A line-level SMTP client that reads whole (multi-line) replies.
+struct Client {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (r, w) = TcpStream::connect(addr)
+            .await
+            .expect("connect")
+            .into_split();
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).await.expect("write");
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// One reply: its code and its text lines joined by newlines. `(0, "")` when closed.
+    async fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .expect("read");
+            if n == 0 {
+                return (0, text.join("\n"));
+            }
+            let line = line.trim_end();
+            let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            text.push(line.get(4..).unwrap_or_default().to_string());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(&format!("{line}\r\n")).await;
+        self.reply().await
+    }
+
+    /// Greeting, EHLO, MAIL, RCPT(s): leaves the client ready for DATA.
+    async fn begin(&mut self, from: &str, to: &[&str]) {
+        assert_eq!(self.reply().await.0, 220);
+        assert_eq!(self.cmd("EHLO client.example").await.0, 250);
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).await.0, 250);
+        for rcpt in to {
+            assert_eq!(
+                self.cmd(&format!("RCPT TO:<{rcpt}>")).await.0,
+                250,
+                "RCPT {rcpt}"
+            );
+        }
+    }
+}
+
+fn message(subject: &str) -> String {
+    format!(
+        "From: Alice <alice@example.com>\r\nTo: support@acme.test\r\nSubject: {subject}\r\nMessage-ID: <{}@example.com>\r\n\r\nHello.\r\n..leading dot stays one dot\r\n",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_conversation() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    let (code, greeting) = c.reply().await;
+    assert_eq!(code, 220);
+    assert!(greeting.contains("ESMTP"), "{greeting}");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.com>").await.0,
+        503,
+        "MAIL before EHLO"
+    );
+    let (code, caps) = c.cmd("EHLO client.example").await;
+    assert_eq!(code, 250);
+    for cap in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+    ] {
+        assert!(caps.lines().any(|l| l == cap), "{cap} missing from {caps}");
+    }
+    assert!(
+        !caps.contains("STARTTLS"),
+        "no STARTTLS without a certificate"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<support@acme.test>").await.0,
+        503,
+        "RCPT before MAIL"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@example.com> BODY=8BITMIME SMTPUTF8")
+            .await
+            .0,
+        250
+    );
+    let (code, text) = c.cmd("RCPT TO:<nobody@acme.test>").await;
+    assert_eq!((code, text.starts_with("5.1.1")), (550, true), "{text}");
+    assert_eq!(c.cmd("RCPT TO:<support+billing@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&message("First over SMTP")).await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    // 250 means committed: the ticket is there now, not eventually.
+    assert_eq!(server.ticket_subjects().await, vec!["First over SMTP"]);
+    assert_eq!(c.cmd("NOOP").await.0, 250);
+    assert_eq!(c.cmd("RSET").await.0, 250);
+    assert_eq!(c.cmd("VRFY support").await.0, 252);
+    assert_eq!(c.cmd("AUTH PLAIN AGFAAGI=").await.0, 502);
+    assert_eq!(c.cmd("QUIT").await.0, 221);
+    assert_eq!(c.reply().await.0, 0, "closed after QUIT");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_answered_in_order() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.reply().await.0, 220);
+    let batch = format!(
+        "EHLO client.example\r\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<support@acme.test>\r\nRCPT TO:<ghost@acme.test>\r\nRCPT TO:<help@globex.test>\r\nDATA\r\n{}.\r\nMAIL FROM:<bob@example.com>\r\nRCPT TO:<sales@acme.test>\r\nDATA\r\n{}.\r\nQUIT\r\n",
+        message("Pipelined one"),
+        message("Pipelined two")
+    );
+    c.send(&batch).await;
+    let mut codes = Vec::new();
+    for _ in 0..11 {
+        codes.push(c.reply().await.0);
+    }
+    assert_eq!(
+        codes,
+        [250, 250, 250, 550, 250, 354, 250, 250, 250, 354, 250]
+    );
+    assert_eq!(c.reply().await.0, 221);
+    let mut subjects = server.ticket_subjects().await;
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["Pipelined one", "Pipelined one", "Pipelined two"],
+        "Acme and Globex each get the first"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limits_from_the_size_parameter_and_while_reading() {
+    let server = start(Db::Sqlite, false, |c| c.max_message_bytes = 10_000).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.reply().await.0, 220);
+    assert!(c.cmd("EHLO x").await.1.contains("SIZE 10000"));
+    let (code, text) = c.cmd("MAIL FROM:<a@example.com> SIZE=20000").await;
+    assert_eq!((code, text.starts_with("5.3.4")), (552, true), "{text}");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com> SIZE=5000").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<support@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    let big = format!(
+        "From: a@example.com\r\nSubject: too big\r\n\r\n{}\r\n",
+        "x".repeat(70)
+            .repeat(300)
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(70)
+            .map(|l| l.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    c.send(&big).await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!((code, text.starts_with("5.3.4")), (552, true), "{text}");
+    assert!(
+        server.ticket_subjects().await.is_empty(),
+        "nothing half-stored"
+    );
+    // The session goes on.
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<support@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&message("small enough")).await;
+    assert_eq!(c.cmd(".").await.0, 250);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_line_endings_in_data_are_refused() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    c.begin("mallory@example.net", &["support@acme.test"]).await;
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    // A smuggling attempt: a bare-LF "end of data" followed by a second, forged transaction.
+    c.send("From: mallory@example.net\r\nSubject: innocent\r\n\r\nhello\n.\nMAIL FROM:<ceo@acme.test>\r\nRCPT TO:<support@acme.test>\r\nDATA\r\nSubject: forged\r\n\r\nforged\r\n").await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!((code, text.starts_with("5.6.11")), (550, true), "{text}");
+    assert!(
+        server.ticket_subjects().await.is_empty(),
+        "neither the message nor the smuggled one is stored"
+    );
+    // A bare CR is refused the same way.
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<support@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send("Subject: cr\r\n\r\nline\rmore\r\n").await;
+    assert_eq!(c.cmd(".").await.0, 550);
+    assert_eq!(c.cmd("QUIT").await.0, 221);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_garbage_and_too_many_errors() {
+    let server = start(Db::Sqlite, false, |c| {
+        c.max_errors = 5;
+        c.max_recipients = 2;
+    })
+    .await;
+    let mut c = Client::connect(server.addr).await;
+    c.begin("a@example.com", &["support@acme.test", "sales@acme.test"])
+        .await;
+    let (code, text) = c.cmd("RCPT TO:<support+three@acme.test>").await;
+    assert_eq!((code, text.starts_with("4.5.3")), (452, true), "{text}");
+    let long = format!("NOOP {}", "x".repeat(600));
+    let (code, text) = c.cmd(&long).await;
+    assert_eq!((code, text.starts_with("5.5.2")), (500, true), "{text}");
+    // A line longer than the limit that arrives in pieces is refused once, then the session goes on.
+    c.send(&"y".repeat(2000)).await;
+    c.send("\r\n").await;
+    assert_eq!(c.reply().await.0, 500);
+    assert_eq!(c.cmd("NOOP").await.0, 250);
+    assert_eq!(c.cmd("FROBNICATE").await.0, 500);
+    c.send_bytes(b"\x00\xff\xfe garbage\r\n").await;
+    assert_eq!(c.reply().await.0, 500);
+    let (code, _) = c.cmd("ALSO WRONG").await;
+    assert_eq!(code, 500);
+    let (code, text) = c.reply().await;
+    assert_eq!(
+        (code, text.starts_with("4.7.0")),
+        (421, true),
+        "closed after too many errors: {text}"
+    );
+    assert_eq!(c.reply().await.0, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_timed_out() {
+    let server = start(Db::Sqlite, false, |c| c.idle_timeout_secs = 1).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.reply().await.0, 220);
+    let (code, text) = c.reply().await;
+    assert_eq!((code, text.starts_with("4.4.2")), (421, true), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_per_client_and_overall() {
+    let server = start(Db::Sqlite, false, |c| {
+        c.max_connections_per_ip = 2;
+        c.max_connections = 3;
+    })
+    .await;
+    let mut a = Client::connect(server.addr).await;
+    let mut b = Client::connect(server.addr).await;
+    assert_eq!(a.reply().await.0, 220);
+    assert_eq!(b.reply().await.0, 220);
+    let mut third = Client::connect(server.addr).await;
+    let (code, text) = third.reply().await;
+    assert_eq!((code, text.starts_with("4.7.0")), (421, true), "{text}");
+    // A slot frees when a session ends.
+    assert_eq!(a.cmd("QUIT").await.0, 221);
+    assert_eq!(a.reply().await.0, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Client::connect(server.addr).await;
+    assert_eq!(again.reply().await.0, 220);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmtp_answers_per_recipient() {
+    let server = start(Db::Sqlite, true, |_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    let (code, greeting) = c.reply().await;
+    assert_eq!(code, 220);
+    assert!(greeting.contains("LMTP"), "{greeting}");
+    assert_eq!(c.cmd("EHLO x").await.0, 500, "LMTP wants LHLO");
+    assert_eq!(c.cmd("LHLO client.example").await.0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.com>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<support@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<help@globex.test>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<sales@acme.test>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&message("Over LMTP")).await;
+    c.send(".\r\n").await;
+    let replies = [c.reply().await, c.reply().await, c.reply().await];
+    assert!(replies.iter().all(|(code, _)| *code == 250), "{replies:?}");
+    assert!(
+        replies[0].1.contains("<support@acme.test>") && replies[0].1.contains("created"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[1].1.contains("<help@globex.test>") && replies[1].1.contains("created"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[2].1.contains("duplicate"),
+        "the same mail to a second inbox of Acme is stored once: {replies:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_is_a_451_never_a_bounce() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let server = start(db, false, |_| {}).await;
+        let mut c = Client::connect(server.addr).await;
+        c.begin("alice@example.com", &["support@acme.test"]).await;
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send(&message("before the failure")).await;
+        assert_eq!(c.cmd(".").await.0, 250);
+        server.gw.store.close().await;
+        assert_eq!(c.cmd("MAIL FROM:<alice@example.com>").await.0, 250);
+        assert_eq!(
+            c.cmd("RCPT TO:<support@acme.test>").await.0,
+            250,
+            "routing is cached"
+        );
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send(&message("during the failure")).await;
+        let (code, text) = c.cmd(".").await;
+        assert_eq!(
+            (code, text.starts_with("4.3.0")),
+            (451, true),
+            "{db:?}: {text}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_are_committed_together_and_all_stored() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let addr = server.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.begin(&format!("c{i}@example.com"), &["support@acme.test"])
+                .await;
+            for j in 0..5 {
+                if j > 0 {
+                    assert_eq!(c.cmd(&format!("MAIL FROM:<c{i}@example.com>")).await.0, 250);
+                    assert_eq!(c.cmd("RCPT TO:<support@acme.test>").await.0, 250);
+                }
+                assert_eq!(c.cmd("DATA").await.0, 354);
+                c.send(&message(&format!("session {i} message {j}"))).await;
+                assert_eq!(c.cmd(".").await.0, 250);
+            }
+            assert_eq!(c.cmd("QUIT").await.0, 221);
+        }));
+    }
+    for c in clients {
+        c.await.expect("client");
+    }
+    assert_eq!(server.ticket_subjects().await.len(), 100);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_idle_sessions_421_and_lets_data_finish() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    let mut idle = Client::connect(server.addr).await;
+    assert_eq!(idle.reply().await.0, 220);
+    let mut busy = Client::connect(server.addr).await;
+    busy.begin("alice@example.com", &["support@acme.test"])
+        .await;
+    assert_eq!(busy.cmd("DATA").await.0, 354);
+    busy.send("From: alice@example.com\r\nSubject: in flight\r\n\r\nhalf")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stopping.cancel();
+    let (code, text) = idle.reply().await;
+    assert_eq!((code, text.starts_with("4.3.2")), (421, true), "{text}");
+    // New connections are refused once the listener stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "the listener is closed"
+    );
+    busy.send(" done\r\n.\r\n").await;
+    assert_eq!(busy.reply().await.0, 250, "a message in flight is finished");
+    let (code, _) = busy.reply().await;
+    assert_eq!(code, 421, "then the session is closed");
+    server.sessions.close();
+    tokio::time::timeout(Duration::from_secs(5), server.sessions.wait())
+        .await
+        .expect("sessions end");
+    assert_eq!(server.ticket_subjects().await, vec!["in flight"]);
+    server.stop().await;
+}
