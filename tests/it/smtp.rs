@@ -24,6 +24,15 @@ struct Server {
 }
 
 async fn start(db: Db, lmtp: bool, tweak: impl FnOnce(&mut SmtpConfig)) -> Server {
+    start_with_tls(db, lmtp, None, tweak).await
+}
+
+async fn start_with_tls(
+    db: Db,
+    lmtp: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tweak: impl FnOnce(&mut SmtpConfig),
+) -> Server {
     let gw = TestGateway::new(db).await;
     let mut c = SmtpConfig::default();
     tweak(&mut c);
@@ -41,7 +50,7 @@ async fn start(db: Db, lmtp: bool, tweak: impl FnOnce(&mut SmtpConfig)) -> Serve
     let sessions = TaskTracker::new();
     tokio::spawn(smtp::serve(
         listener,
-        ListenerConfig::from_config(&c, lmtp, None),
+        ListenerConfig::from_config(&c, lmtp, tls),
         services,
         sessions.clone(),
     ));
@@ -488,5 +497,190 @@ async fn shutdown_tells_idle_sessions_421_and_lets_data_finish() {
         .await
         .expect("sessions end");
     assert_eq!(server.ticket_subjects().await, vec!["in flight"]);
+    server.stop().await;
+}
+
+/// A self-signed certificate and key for localhost, made with the openssl command.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl must be installed (the test command installs it)");
+    assert!(status.success());
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_with_python_smtplib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = self_signed(dir.path());
+    let tls = smtp::load_tls(&cert, &key).expect("certificate loads");
+    let server = start_with_tls(Db::Sqlite, false, Some(tls), |_| {}).await;
+    let script = format!(
+        r#"
+import smtplib, ssl
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+code, caps = s.ehlo()
+assert b"STARTTLS" in caps, caps
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+code, caps = s.ehlo()
+assert b"STARTTLS" not in caps, caps
+refused = s.sendmail("alice@example.com", ["support@acme.test"], b"From: alice@example.com\r\nSubject: Over TLS\r\n\r\nsecret\r\n")
+assert refused == {{}}, refused
+s.quit()
+"#,
+        port = server.addr.port()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.ticket_subjects().await, vec!["Over TLS"]);
+    server.stop().await;
+}
+
+/// Accepts any certificate: the test talks to its own self-signed server.
+#[derive(Debug)]
+struct AnyCert;
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        tokio_rustls::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_starttls_are_not_carried_over() {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = self_signed(dir.path());
+    let server = start_with_tls(
+        Db::Sqlite,
+        false,
+        Some(smtp::load_tls(&cert, &key).expect("tls")),
+        |_| {},
+    )
+    .await;
+
+    // Injected in the clear after STARTTLS: must be thrown away, not answered inside TLS.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let mut buf = vec![0u8; 4096];
+    let _ = tcp.read(&mut buf).await.expect("greeting");
+    tcp.write_all(b"EHLO x\r\n").await.expect("ehlo");
+    let _ = tcp.read(&mut buf).await.expect("ehlo reply");
+    tcp.write_all(b"STARTTLS\r\nNOOP injected\r\n")
+        .await
+        .expect("starttls");
+    let n = tcp.read(&mut buf).await.expect("220");
+    assert!(
+        buf[..n].starts_with(b"220 2.0.0"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    // Had the injected NOOP been kept, its "250 2.0.0 OK" would come before the EHLO reply.
+    tls.write_all(b"EHLO y\r\n").await.expect("ehlo");
+    let n = tls.read(&mut buf).await.expect("reply");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        reply.starts_with("250-localhost Hello"),
+        "nothing injected was answered inside TLS: {reply}"
+    );
+    assert!(
+        !reply.contains("STARTTLS"),
+        "STARTTLS is not offered twice: {reply}"
+    );
+    tls.write_all(b"NOOP\r\n").await.expect("noop");
+
+    // A failed handshake ends that session only.
+    let mut bad = TcpStream::connect(server.addr).await.expect("connect");
+    let _ = bad.read(&mut buf).await.expect("greeting");
+    bad.write_all(b"EHLO x\r\nSTARTTLS\r\n")
+        .await
+        .expect("starttls");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bad.write_all(b"this is not a TLS client hello\r\n")
+        .await
+        .expect("garbage");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), bad.read_to_end(&mut rest)).await;
+    let mut good = Client::connect(server.addr).await;
+    assert_eq!(good.reply().await.0, 220, "the listener still serves");
     server.stop().await;
 }
