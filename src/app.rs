@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,12 +55,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let stopping = CancellationToken::new();
     let stop_now = CancellationToken::new();
+    let metrics = crate::ops::metrics::install();
     let (intake, committer) = Intake::start(pipeline.clone());
     let services = Services {
         pipeline: pipeline.clone(),
         intake,
         stopping: stopping.clone(),
         stop_now: stop_now.clone(),
+        large_messages: Arc::new(Semaphore::new(config.smtp.max_large_messages)),
     };
     let accept_loops = TaskTracker::new();
     let sessions = TaskTracker::new();
@@ -84,6 +88,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %http.local_addr()?, "HTTP listening");
     let router = crate::api::router(crate::api::AppState {
         pipeline: pipeline.clone(),
+        metrics,
     });
     let http_stop = stopping.clone();
     let http_task = tokio::spawn(async move {
@@ -96,7 +101,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     tracing::info!(database = %crate::cli::redact(&config.database.url), "initdesk-gateway started");
+    crate::ops::systemd::ready();
+    crate::ops::systemd::spawn_watchdog(stopping.clone());
     wait_for_signal().await;
+    crate::ops::systemd::stopping();
 
     let grace = Duration::from_secs(config.smtp.shutdown_grace_secs);
     tracing::info!(

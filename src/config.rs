@@ -71,6 +71,8 @@ pub struct SmtpConfig {
     pub max_errors: usize,
     /// Seconds sessions in flight get to finish on shutdown before they are closed with 421.
     pub shutdown_grace_secs: u64,
+    /// Messages over 1 MiB received and committed at once; more wait (bounds memory).
+    pub max_large_messages: usize,
 }
 
 /// `[http]`
@@ -244,6 +246,7 @@ impl Default for SmtpConfig {
             session_timeout_secs: 1800,
             max_errors: 20,
             shutdown_grace_secs: 30,
+            max_large_messages: 4,
         }
     }
 }
@@ -355,6 +358,7 @@ impl Config {
                 self.smtp.session_timeout_secs as usize,
             ),
             ("smtp.max_errors", self.smtp.max_errors),
+            ("smtp.max_large_messages", self.smtp.max_large_messages),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");

@@ -72,7 +72,20 @@ async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
             all.extend(job.deliveries);
             replies.push(job.reply);
         }
-        let mut results = pipeline.ingest_batch(all).await.into_iter();
+        metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
+        let started = std::time::Instant::now();
+        let results = pipeline.ingest_batch(all).await;
+        metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
+        for r in &results {
+            let outcome = match r {
+                Ok(o) => o.kind(),
+                Err(IngestError::Temporary(_) | IngestError::Failed(_)) => "temporary_failure",
+                Err(IngestError::UnknownRecipient(_)) => "unknown_recipient",
+                Err(IngestError::Unusable(_)) => "rejected",
+            };
+            metrics::counter!("initdesk_messages_total", "outcome" => outcome).increment(1);
+        }
+        let mut results = results.into_iter();
         for (reply, size) in replies.into_iter().zip(sizes) {
             // A session that gave up (client gone) no longer listens; its mail is committed anyway.
             let _ = reply.send(results.by_ref().take(size).collect());

@@ -25,3 +25,25 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         ),
     }
 }
+
+/// Prometheus text exposition of the gateway's metrics.
+pub async fn metrics(
+    State(state): State<AppState>,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let content_type = (
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4",
+    );
+    match &state.metrics {
+        Some(handle) => (StatusCode::OK, [content_type], handle.render()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [content_type],
+            "metrics are not being recorded\n".into(),
+        ),
+    }
+}

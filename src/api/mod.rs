@@ -1,4 +1,4 @@
-//! The HTTP interface. So far: health and readiness for supervisors and load balancers.
+//! The HTTP interface. So far: health, readiness and metrics for supervisors and monitoring.
 
 mod health;
 
@@ -8,9 +8,11 @@ use axum::routing::get;
 use crate::pipeline::Pipeline;
 
 /// Shared state of every handler.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
+    /// Renders `/metrics`; absent when no recorder could be installed.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// All routes.
@@ -18,5 +20,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }

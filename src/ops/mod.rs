@@ -1,3 +1,5 @@
-//! Operations: logging and, later, metrics and systemd integration.
+//! Operations: logging, metrics and systemd integration.
 
+pub mod metrics;
+pub mod systemd;
 pub mod telemetry;

@@ -168,7 +168,8 @@ struct Inner {
 /// One message to ingest.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub raw: Vec<u8>,
+    /// Shared: one message to several recipients is one buffer.
+    pub raw: Arc<[u8]>,
     pub envelope: Envelope,
 }
 
@@ -235,7 +236,7 @@ impl Pipeline {
     /// Ingests one message and commits it.
     pub async fn ingest(&self, raw: &[u8], envelope: &Envelope) -> Result<Outcome, IngestError> {
         let delivery = Delivery {
-            raw: raw.to_vec(),
+            raw: Arc::from(raw),
             envelope: envelope.clone(),
         };
         self.ingest_batch(vec![delivery])
@@ -293,7 +294,7 @@ impl Pipeline {
         };
         let inner = self.inner.clone();
         let org_id = route.entry.org.id;
-        let raw = Arc::new(delivery.raw);
+        let raw = delivery.raw;
         let raw_for_task = raw.clone();
         let result = tokio::task::spawn_blocking(move || {
             prepare::prepare(
@@ -305,7 +306,6 @@ impl Pipeline {
             )
         })
         .await;
-        let raw = Arc::try_unwrap(raw).unwrap_or_else(|a| a.as_ref().clone());
         match result {
             Ok(Ok(p)) => Staged::Ready(Box::new(Ready {
                 route,
@@ -541,7 +541,7 @@ enum Staged {
     Quarantine {
         org_id: Option<i64>,
         envelope: Envelope,
-        raw: Vec<u8>,
+        raw: Arc<[u8]>,
         reason: String,
     },
 }
@@ -550,5 +550,5 @@ struct Ready {
     route: Route,
     prepared: Prepared,
     envelope: Envelope,
-    raw: Vec<u8>,
+    raw: Arc<[u8]>,
 }

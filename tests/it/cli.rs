@@ -410,13 +410,14 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
+    let smtp_port = free_port();
     // No config file and no database variables: the embedded defaults (SQLite under ./data/).
     let child = Command::new(binary())
         .current_dir(dir.path())
         .env_remove("INITDESK_CONFIG")
         .env_remove("INITDESK_DATABASE_URL")
         .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{smtp_port}"))
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -436,6 +437,42 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     assert!(
         dir.path().join("data/gateway.db").exists(),
         "SQLite under ./data/ by default"
+    );
+    // Mail over SMTP to the embedded defaults: no organization yet, so the recipient is unknown.
+    {
+        use std::io::{BufRead, BufReader};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", smtp_port)).expect("smtp");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut w = stream;
+        let mut line = String::new();
+        let mut expect = |w: &mut std::net::TcpStream, send: &str, code: &str| {
+            if !send.is_empty() {
+                w.write_all(send.as_bytes()).expect("write");
+            }
+            loop {
+                line.clear();
+                reader.read_line(&mut line).expect("read");
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    break;
+                }
+            }
+            assert!(line.starts_with(code), "{send:?} -> {line}");
+        };
+        expect(&mut w, "", "220");
+        expect(&mut w, "EHLO test\r\n", "250");
+        expect(&mut w, "MAIL FROM:<a@example.com>\r\n", "250");
+        expect(&mut w, "RCPT TO:<support@nowhere.test>\r\n", "550");
+        expect(&mut w, "QUIT\r\n", "221");
+    }
+    let metrics = http_get(port, "/metrics").expect("metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("initdesk_smtp_replies_total{code=\"550\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("initdesk_smtp_sessions_total"),
+        "{metrics}"
     );
     let pid = child.id().to_string();
     assert!(

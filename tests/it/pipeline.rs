@@ -84,15 +84,15 @@ async fn quarantine_then_reprocess(db: Db) {
     poison(&gw.store).await;
     let batch = vec![
         Delivery {
-            raw: mail("a@example.com", "first", "one"),
+            raw: std::sync::Arc::from(mail("a@example.com", "first", "one")),
             envelope: to_support(),
         },
         Delivery {
-            raw: mail("b@example.com", "poison", "two"),
+            raw: std::sync::Arc::from(mail("b@example.com", "poison", "two")),
             envelope: to_support(),
         },
         Delivery {
-            raw: mail("c@example.com", "third", "three"),
+            raw: std::sync::Arc::from(mail("c@example.com", "third", "three")),
             envelope: to_support(),
         },
     ];

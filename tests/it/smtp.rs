@@ -46,6 +46,7 @@ async fn start_with_tls(
         intake,
         stopping: stopping.clone(),
         stop_now: stop_now.clone(),
+        large_messages: std::sync::Arc::new(tokio::sync::Semaphore::new(c.max_large_messages)),
     };
     let sessions = TaskTracker::new();
     tokio::spawn(smtp::serve(
@@ -682,5 +683,40 @@ async fn commands_pipelined_behind_starttls_are_not_carried_over() {
     let _ = tokio::time::timeout(Duration::from_secs(10), bad.read_to_end(&mut rest)).await;
     let mut good = Client::connect(server.addr).await;
     assert_eq!(good.reply().await.0, 220, "the listener still serves");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_wait_for_a_slot_and_all_arrive() {
+    // One slot: the second large message waits for the first to be committed.
+    let server = start(Db::Sqlite, false, |c| c.max_large_messages = 1).await;
+    let body: String = (0..60_000)
+        .map(|i| format!("line {i:06} of a large attachment-like body\r\n"))
+        .collect();
+    assert!(body.len() > 2 * 1024 * 1024);
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        let addr = server.addr;
+        let body = body.clone();
+        senders.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.begin(&format!("big{i}@example.com"), &["support@acme.test"])
+                .await;
+            assert_eq!(c.cmd("DATA").await.0, 354);
+            c.send(&format!(
+                "From: big{i}@example.com\r\nSubject: large {i}\r\n\r\n{body}"
+            ))
+            .await;
+            let (code, text) = c.cmd(".").await;
+            assert_eq!(code, 250, "{text}");
+        }));
+    }
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(120), s)
+            .await
+            .expect("no deadlock")
+            .expect("sender");
+    }
+    assert_eq!(server.ticket_subjects().await.len(), 3);
     server.stop().await;
 }

@@ -193,6 +193,18 @@ async fn handle(
     config: &ListenerConfig,
     services: Services,
 ) {
+    metrics::counter!("initdesk_smtp_sessions_total").increment(1);
+    metrics::gauge!("initdesk_smtp_sessions").increment(1.0);
+    converse(tcp, peer, config, services).await;
+    metrics::gauge!("initdesk_smtp_sessions").decrement(1.0);
+}
+
+async fn converse(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    config: &ListenerConfig,
+    services: Services,
+) {
     let mut session = Session::new(config.session.clone(), services, peer, config.tls.is_some());
     if session.run(tcp).await != End::StartTls {
         let _ = tcp.shutdown().await;

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{Error as ProtoError, Request};
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +23,9 @@ use crate::pipeline::{Delivery, Envelope, IngestError, Outcome, Pipeline, Recipi
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
+
+/// A message past this size must hold a large-message slot while it is received and committed.
+pub const LARGE_MESSAGE: usize = 1024 * 1024;
 
 /// How a session is set up; shared by every session of a listener.
 #[derive(Debug, Clone)]
@@ -54,6 +60,9 @@ pub struct Services {
     pub stopping: CancellationToken,
     /// Cancelled when the shutdown grace period is over: every session is told 421.
     pub stop_now: CancellationToken,
+    /// Slots for messages over [`LARGE_MESSAGE`]: memory is bounded by the slots, not by how
+    /// many large messages arrive at once (the others wait, and TCP holds their senders back).
+    pub large_messages: Arc<Semaphore>,
 }
 
 /// The state of one conversation.
@@ -122,6 +131,8 @@ impl Session {
     }
 
     fn reply(&mut self, line: &str) {
+        let code = line.get(..3).unwrap_or("000").to_string();
+        metrics::counter!("initdesk_smtp_replies_total", "code" => code).increment(1);
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
@@ -448,19 +459,32 @@ impl Session {
         buf: &mut Vec<u8>,
     ) -> Option<()> {
         let mut receiver = DataReceiver::new();
-        let mut message = Vec::with_capacity(64 * 1024);
+        // The trace header goes in first, so the message is never copied to prepend it.
+        let first_rcpt = self.rcpts.first().cloned().unwrap_or_default();
+        let mut message = self.received_header(&first_rcpt).into_bytes();
+        let header_len = message.len();
+        message.reserve(64 * 1024);
         let mut smuggling = BareCheck::default();
         let mut too_big = false;
+        let mut large_slot: Option<OwnedSemaphorePermit> = None;
         loop {
             let mut iter = buf.iter();
             let done = receiver.ingest(&mut iter, &mut message);
             let consumed = buf.len() - iter.as_slice().len();
             smuggling.scan(&buf[..consumed]);
             buf.drain(..consumed);
-            if message.len() > self.cfg.max_message_bytes {
+            if too_big || message.len() - header_len > self.cfg.max_message_bytes {
                 // Keep reading to the end so the session stays in step, but keep nothing.
                 too_big = true;
-                message.clear();
+                message.truncate(header_len);
+            } else if large_slot.is_none() && message.len() > LARGE_MESSAGE {
+                large_slot = self
+                    .services
+                    .large_messages
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .ok();
             }
             if done {
                 break;
@@ -488,10 +512,7 @@ impl Session {
         } else {
             Source::Smtp
         };
-        let raw = self.with_received_header(
-            &message,
-            rcpts.first().map(String::as_str).unwrap_or_default(),
-        );
+        let raw: Arc<[u8]> = Arc::from(message);
         let deliveries = rcpts
             .iter()
             .map(|r| Delivery {
@@ -503,7 +524,9 @@ impl Session {
                 },
             })
             .collect();
+        drop(raw);
         let results = self.services.intake.submit(deliveries).await;
+        drop(large_slot);
         if self.cfg.lmtp {
             for (rcpt, result) in rcpts.iter().zip(&results) {
                 let line = reply_for(result, Some(rcpt));
@@ -517,7 +540,7 @@ impl Session {
     }
 
     /// The trace header a receiving MTA adds (RFC 5321 4.4), so a person can see how the mail came.
-    fn with_received_header(&self, message: &[u8], rcpt: &str) -> Vec<u8> {
+    fn received_header(&self, rcpt: &str) -> String {
         let helo: String = self
             .helo
             .as_deref()
@@ -536,16 +559,12 @@ impl Session {
             (false, true) => "ESMTPS",
             (false, false) => "ESMTP",
         };
-        let header = format!(
+        format!(
             "Received: from {helo} ([{}])\r\n\tby {} (initdesk-gateway) with {with}\r\n\tfor <{rcpt}>; {}\r\n",
             self.peer.ip(),
             self.cfg.hostname,
             chrono::Utc::now().to_rfc2822()
-        );
-        let mut out = Vec::with_capacity(header.len() + message.len());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(message);
-        out
+        )
     }
 }
 

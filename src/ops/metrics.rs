@@ -1,0 +1,37 @@
+//! Prometheus metrics: the recorder is installed once by `serve`; without it every
+//! `metrics::` call is a no-op (tests, one-shot commands).
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global recorder and describes the gateway's metrics; `None` if one exists already.
+pub fn install() -> Option<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ])
+        .ok()?
+        .install_recorder()
+        .ok()?;
+    metrics::describe_counter!(
+        "initdesk_messages_total",
+        "Messages handed to the pipeline, by outcome"
+    );
+    metrics::describe_counter!(
+        "initdesk_smtp_replies_total",
+        "SMTP and LMTP replies sent, by code"
+    );
+    metrics::describe_gauge!("initdesk_smtp_sessions", "SMTP and LMTP sessions open now");
+    metrics::describe_counter!(
+        "initdesk_smtp_sessions_total",
+        "SMTP and LMTP sessions accepted"
+    );
+    metrics::describe_histogram!(
+        "initdesk_commit_seconds",
+        "Time to commit one batch of messages"
+    );
+    metrics::describe_histogram!(
+        "initdesk_commit_batch_messages",
+        "Messages committed together in one batch"
+    );
+    Some(handle)
+}
