@@ -197,8 +197,50 @@ ensure_postgres
 # leave a running one alone, otherwise install, configure, start, wait (bounded), and
 # die with a message if it still does not answer.
 
-# --- Postfix (SMTP relay / pipe transport) ---------------------------------------------
-# Issue 3 (SMTP/LMTP behind Postfix) adds its install and start here, same rules.
+# --- Postfix (SMTP relay / pipe transport) and swaks -----------------------------------
+# The Postfix tests (tests/it/postfix.rs) start a private instance each, with its own
+# config, queue and data directories in a temp dir and a free port on 127.0.0.1; nothing
+# here starts a system-wide Postfix. swaks is one of the real SMTP clients they use.
+
+# Postfix's commands live in /usr/sbin, which is not on every user's PATH.
+have_sbin() { have "$1" || [[ -x "/usr/sbin/$1" ]]; }
+
+ensure_postfix_and_swaks() {
+    local missing=() installed_postfix=0 postfix_bin=postfix
+    if ! have_sbin postfix || ! have_sbin postqueue; then
+        missing+=(postfix)
+    fi
+    have swaks || missing+=(swaks)
+    # The tests submit mail with Python's smtplib too.
+    have python3 || missing+=(python3)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        if [[ " ${missing[*]} " == *" postfix "* ]]; then
+            # "No configuration": the package writes no /etc/postfix/main.cf, asks nothing,
+            # and so has no system instance to start (nothing takes port 25).
+            have debconf-set-selections || die "debconf-set-selections is missing (install debconf)"
+            echo "postfix postfix/main_mailer_type select No configuration" |
+                "${SUDO[@]}" debconf-set-selections || die "could not preseed postfix for debconf"
+            installed_postfix=1
+        fi
+        apt_install "${missing[@]}"
+    fi
+    if ! have_sbin postfix || ! have_sbin postqueue; then
+        die "postfix is still missing after installing it (apt-get install postfix)"
+    fi
+    have swaks || die "swaks is still missing after installing it (apt-get install swaks)"
+    have python3 || die "python3 is still missing after installing it (apt-get install python3)"
+    have postfix || postfix_bin=/usr/sbin/postfix
+    # Should the package have started its own instance anyway, it is ours to stop: the tests
+    # run private instances and want no system one around. One that was there before this
+    # run is left alone (it listens elsewhere and shares nothing with the tests).
+    if [[ "$installed_postfix" -eq 1 ]] && "${SUDO[@]}" "$postfix_bin" status >/dev/null 2>&1; then
+        say "stopping the system Postfix instance the package started (tests run private ones)"
+        "${SUDO[@]}" "$postfix_bin" stop >/dev/null 2>&1 || die "could not stop the system Postfix instance"
+    fi
+    say "Postfix and swaks are installed (the tests start private Postfix instances)"
+}
+
+ensure_postfix_and_swaks
 
 # --- Rust checks -----------------------------------------------------------------------
 

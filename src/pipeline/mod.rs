@@ -370,7 +370,7 @@ impl Pipeline {
                 Staged::Ready(ready) => self.apply_one(&mut tx, &ready).await,
             };
             if let Err(IngestError::Temporary(e)) = result {
-                let _ = tx.rollback().await;
+                tx.discard().await;
                 return Err(e);
             }
             results.push(result);
@@ -381,11 +381,11 @@ impl Pipeline {
         match synced {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                let _ = tx.rollback().await;
+                tx.discard().await;
                 return Err(StoreError::Io(e));
             }
             Err(e) => {
-                let _ = tx.rollback().await;
+                tx.discard().await;
                 return Err(StoreError::Io(std::io::Error::other(format!(
                     "blob sync task failed: {e}"
                 ))));

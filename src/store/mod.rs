@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
@@ -114,8 +115,60 @@ pub enum Store {
 
 /// A transaction on either backend.
 pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(Transaction<'static, Postgres>),
+}
+
+/// A SQLite transaction on a pooled connection, begun and ended with plain SQL.
+///
+/// sqlx's own transaction type returns a connection to the pool after a failed COMMIT with
+/// its transaction depth still set, and every later `BEGIN` on it fails: one disk error would
+/// turn into minutes of 451s. Here a connection whose transaction did not end cleanly is
+/// closed instead (SQLite rolls back on close) and the pool opens a fresh one.
+pub struct SqliteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl SqliteTx {
+    async fn begin(pool: &SqlitePool, statement: &'static str) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = sqlx::query(statement).execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(Self { conn, open: true })
+    }
+
+    async fn finish(mut self, statement: &'static str) -> Result<(), StoreError> {
+        let result = sqlx::query(statement).execute(&mut *self.conn).await;
+        if result.is_ok() {
+            self.open = false;
+        }
+        // On failure `open` stays set and Drop closes the connection.
+        result.map(|_| ()).map_err(StoreError::from)
+    }
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -139,7 +192,7 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
-                .acquire_timeout(Duration::from_secs(15))
+                .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await?;
             Ok(Store::Sqlite(pool))
@@ -147,7 +200,7 @@ impl Store {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .acquire_timeout(Duration::from_secs(15))
+                .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await?;
             Ok(Store::Postgres(pool))
@@ -202,7 +255,7 @@ impl Store {
     /// so two writers queue on the busy timeout instead of failing on lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Store::Sqlite(p) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN IMMEDIATE").await?),
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -210,7 +263,7 @@ impl Store {
     /// Begins a transaction that only reads.
     pub async fn begin_read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Store::Sqlite(p) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN").await?),
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -238,7 +291,7 @@ impl Tx {
     /// Commits the transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.finish("COMMIT").await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
@@ -247,10 +300,23 @@ impl Tx {
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Sqlite(t) => t.finish("ROLLBACK").await?,
             Tx::Postgres(t) => t.rollback().await?,
         }
         Ok(())
+    }
+
+    /// Ends a transaction after a failure. A SQLite connection is closed rather than reused:
+    /// it may be mid-transaction, or have been opened read-only while the file was not
+    /// writable (SQLite then stays read-only for the connection's life). PostgreSQL rolls back.
+    pub async fn discard(self) {
+        match self {
+            // Still open: dropping closes the connection.
+            Tx::Sqlite(t) => drop(t),
+            Tx::Postgres(t) => {
+                let _ = t.rollback().await;
+            }
+        }
     }
 
     /// Marks a savepoint so one message of a batch can fail without undoing the others.

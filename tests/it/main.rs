@@ -6,5 +6,6 @@ mod cli;
 mod corpus;
 mod fixtures;
 mod pipeline;
+mod postfix;
 mod robustness;
 mod smtp;
