@@ -720,3 +720,39 @@ async fn large_messages_wait_for_a_slot_and_all_arrive() {
     assert_eq!(server.ticket_subjects().await.len(), 3);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_data_leaves_nothing_behind() {
+    let server = start(Db::Sqlite, false, |_| {}).await;
+    for _ in 0..5 {
+        let mut c = Client::connect(server.addr).await;
+        c.begin("gone@example.com", &["support@acme.test"]).await;
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send("From: gone@example.com\r\nSubject: never finished\r\n\r\nhalf a mess")
+            .await;
+        drop(c);
+    }
+    // Garbage and abrupt closes in every state.
+    for junk in [
+        &b"\x16\x03\x01\x02\x00"[..],
+        b"EHLO x\r\nMAIL FROM:<",
+        b"\r\n\r\n\r\n",
+        &[0u8; 3000],
+    ] {
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        let _ = tcp.write_all(junk).await;
+        drop(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server.ticket_subjects().await.is_empty(),
+        "no half-stored message"
+    );
+    let mut c = Client::connect(server.addr).await;
+    c.begin("alice@example.com", &["support@acme.test"]).await;
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&message("still serving")).await;
+    assert_eq!(c.cmd(".").await.0, 250);
+    assert_eq!(server.ticket_subjects().await, vec!["still serving"]);
+    server.stop().await;
+}
