@@ -1,0 +1,453 @@
+//! SMTP load benchmark: the release `initdesk-gateway serve` as a child process, fed over N
+//! concurrent SMTP connections the way an MTA would.
+//!
+//! `cargo bench --bench smtp_load -- [--backend sqlite|postgres|both] [--messages N]
+//! [--connections C] [--rate R] [--big K]`
+//!
+//! Reports messages/s, the DATA-to-250 latency (p50, p99), and the daemon's peak RSS; a paced
+//! run at `--rate` messages/s offered; and the peak RSS with K and 4K concurrent 50 MB
+//! messages, which must not grow with K (large messages wait for a slot).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const CONFIG: &str = r#"
+[smtp]
+hostname = "bench.test"
+max_message_bytes = 62914560
+max_connections = 1000
+max_connections_per_ip = 1000
+
+[[organizations]]
+name = "Acme"
+domains = ["acme.test"]
+  [[organizations.inboxes]]
+  email_prefix = "support"
+  name = "Support"
+  [[organizations.inboxes]]
+  email_prefix = "sales"
+  name = "Sales"
+"#;
+
+struct Options {
+    backends: Vec<&'static str>,
+    messages: usize,
+    connections: usize,
+    rate: usize,
+    big: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        backends: vec!["sqlite", "postgres"],
+        messages: 10_000,
+        connections: 16,
+        rate: 1000,
+        big: 4,
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--backend" => {
+                o.backends = match value().as_str() {
+                    "sqlite" => vec!["sqlite"],
+                    "postgres" => vec!["postgres"],
+                    _ => vec!["sqlite", "postgres"],
+                }
+            }
+            "--messages" => o.messages = value().parse().unwrap_or(o.messages),
+            "--connections" => o.connections = value().parse().unwrap_or(o.connections),
+            "--rate" => o.rate = value().parse().unwrap_or(o.rate),
+            "--big" => o.big = value().parse().unwrap_or(o.big),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn main() {
+    let o = options();
+    // `cargo test --all-targets` runs benches once with no --bench: keep that a quick smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let o = if smoke {
+        Options {
+            messages: 200,
+            connections: 4,
+            rate: 200,
+            big: 0,
+            backends: vec!["sqlite"],
+        }
+    } else {
+        o
+    };
+    println!(
+        "smtp_load: {} messages over {} connections, paced run at {}/s, {} x 50 MB{}",
+        o.messages,
+        o.connections,
+        o.rate,
+        o.big,
+        if smoke { " (smoke run)" } else { "" }
+    );
+    println!("| backend | run | messages | seconds | msg/s | p50 ms | p99 ms | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for backend in &o.backends {
+        for run in ["max", "paced"] {
+            let gw = Gateway::start(backend);
+            let rate = if run == "paced" { o.rate } else { 0 };
+            let n = if run == "paced" {
+                o.messages.min(o.rate * 10)
+            } else {
+                o.messages
+            };
+            let r = blast(gw.smtp, n, o.connections, rate);
+            let rss = gw.peak_rss_mb();
+            println!(
+                "| {backend} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {rss:.0} |",
+                if rate > 0 {
+                    format!("{rate}/s offered")
+                } else {
+                    "as fast as possible".into()
+                },
+                r.sent,
+                r.seconds,
+                r.sent as f64 / r.seconds,
+                r.p50,
+                r.p99
+            );
+            assert_eq!(r.failed, 0, "{} messages were not accepted", r.failed);
+            gw.stop();
+        }
+        if o.big > 0 {
+            for k in [o.big, o.big * 4] {
+                let gw = Gateway::start(backend);
+                let before = gw.rss_mb();
+                let r = big_messages(gw.smtp, k);
+                println!(
+                    "| {backend} | {k} x 50 MB at once | {} | {:.2} | - | - | - | {:.0} (idle {before:.0}) |",
+                    r.sent,
+                    r.seconds,
+                    gw.peak_rss_mb()
+                );
+                assert_eq!(r.failed, 0);
+                gw.stop();
+            }
+        }
+    }
+}
+
+struct Gateway {
+    child: Child,
+    smtp: SocketAddr,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+impl Gateway {
+    fn start(backend: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, CONFIG).expect("config");
+        let (url, pg) = match backend {
+            "postgres" => {
+                let base = std::env::var("INITDESK_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let name = format!("idk_load_{}", uuid::Uuid::new_v4().simple());
+                psql(&base, &format!("CREATE DATABASE {name}"));
+                (
+                    initdesk_gateway::store::scratch::replace_db_name(&base, &name),
+                    Some((base, name)),
+                )
+            }
+            _ => (
+                format!("sqlite://{}", dir.path().join("gateway.db").display()),
+                None,
+            ),
+        };
+        let (smtp, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_initdesk-gateway"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("INITDESK_DATABASE_URL", &url)
+            .env("INITDESK_STORAGE_DATA_DIR", dir.path().join("data"))
+            .env("INITDESK_OUTBOUND_SECRET_FILE", dir.path().join("secret"))
+            .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{smtp}"))
+            .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{http}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the gateway");
+        let smtp: SocketAddr = format!("127.0.0.1:{smtp}").parse().expect("addr");
+        for _ in 0..200 {
+            if TcpStream::connect(smtp).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gateway {
+            child,
+            smtp,
+            _dir: dir,
+            pg,
+        }
+    }
+
+    fn status_kb(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        self.status_kb("VmHWM:") / 1024.0
+    }
+
+    fn rss_mb(&self) -> f64 {
+        self.status_kb("VmRSS:") / 1024.0
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        if let Some((base, name)) = self.pg.take() {
+            psql(
+                &base,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let ok = Command::new("psql")
+        .arg(url)
+        .arg("-qc")
+        .arg(sql)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "psql {sql}");
+}
+
+/// A realistic message: a few KB of text, some HTML-only, ~5% with a 50-500 KB attachment.
+fn message(rng: &mut StdRng, i: usize) -> Vec<u8> {
+    let customer = rng.random_range(0..3000);
+    let mut m = format!(
+        "From: Customer {customer} <customer{customer}@example.com>\r\nTo: support@acme.test\r\nSubject: Request {i} about order {}\r\nMessage-ID: <load-{i}-{}@example.com>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n",
+        rng.random_range(1000..99999),
+        rng.random::<u64>()
+    );
+    let paragraph = "Hello, the delivery did not arrive and the tracking page shows no update since Monday. Could you please check what happened and tell me when I can expect it? Thank you.\r\n";
+    let text: String = (0..rng.random_range(3..30)).map(|_| paragraph).collect();
+    if rng.random_ratio(1, 20) {
+        let size = rng.random_range(50_000..500_000);
+        let blob: Vec<u8> = (0..size).map(|_| rng.random()).collect();
+        let b64 = base64_lines(&blob);
+        m.push_str(&format!("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n--b\r\nContent-Type: application/pdf; name=doc{i}.pdf\r\nContent-Disposition: attachment; filename=doc{i}.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--b--\r\n"));
+    } else if rng.random_ratio(1, 6) {
+        m.push_str(&format!(
+            "Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>{}</p></body></html>\r\n",
+            text.replace("\r\n", "</p><p>")
+        ));
+    } else {
+        m.push_str(&format!(
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n{text}"
+        ));
+    }
+    m.into_bytes()
+}
+
+fn base64_lines(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + bytes.len() / 57 * 2 + 4);
+    for line in bytes.chunks(57) {
+        for c in line.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for k in 0..4 {
+                if k <= c.len() {
+                    out.push(char::from(T[((n >> (18 - 6 * k)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// One SMTP client connection, blocking I/O (the load generator is its own process).
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).ok();
+        let mut c = Conn {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        };
+        assert_eq!(c.reply(), 220);
+        c.w.write_all(b"EHLO load.test\r\n").expect("ehlo");
+        assert_eq!(c.reply(), 250);
+        c
+    }
+
+    fn reply(&mut self) -> u16 {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                return 0;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+
+    /// Sends one message (pipelined MAIL/RCPT/DATA); returns the DATA-to-250 time when accepted.
+    fn send(&mut self, raw: &[u8]) -> Option<Duration> {
+        self.w
+            .write_all(b"MAIL FROM:<load@example.com>\r\nRCPT TO:<support@acme.test>\r\nDATA\r\n")
+            .ok()?;
+        if self.reply() != 250 || self.reply() != 250 || self.reply() != 354 {
+            return None;
+        }
+        self.w.write_all(raw).ok()?;
+        let start = Instant::now();
+        self.w.write_all(b".\r\n").ok()?;
+        (self.reply() == 250).then(|| start.elapsed())
+    }
+}
+
+struct Result_ {
+    sent: usize,
+    failed: usize,
+    seconds: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Sends `n` messages over `connections`; `rate` > 0 paces the offered load.
+fn blast(addr: SocketAddr, n: usize, connections: usize, rate: usize) -> Result_ {
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|t| {
+            let (next, latencies, failed) = (next.clone(), latencies.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(t as u64);
+                let mut conn = Conn::open(addr);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    if rate > 0 {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let raw = message(&mut rng, i);
+                    match conn.send(&raw) {
+                        Some(d) => latencies.lock().map(|mut l| l.push(d)).unwrap_or(()),
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            conn = Conn::open(addr);
+                        }
+                    }
+                }
+                let _ = conn.w.write_all(b"QUIT\r\n");
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort();
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Result_ {
+        sent: l.len(),
+        failed: failed.load(Ordering::Relaxed),
+        seconds,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+/// `k` 50 MB messages at once, each on its own connection.
+fn big_messages(addr: SocketAddr, k: usize) -> Result_ {
+    let start = Instant::now();
+    let body: Arc<Vec<u8>> = Arc::new({
+        let mut rng = StdRng::seed_from_u64(7);
+        let blob: Vec<u8> = (0..37 * 1024 * 1024).map(|_| rng.random()).collect();
+        format!("From: big@example.com\r\nTo: support@acme.test\r\nSubject: fifty megabytes\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n", base64_lines(&blob)).into_bytes()
+    });
+    let failed = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..k)
+        .map(|i| {
+            let (body, failed) = (body.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                let mut raw = format!("Message-ID: <big-{i}@example.com>\r\n").into_bytes();
+                raw.extend_from_slice(&body);
+                if conn.send(&raw).is_none() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    Result_ {
+        sent: k - failed.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        seconds: start.elapsed().as_secs_f64(),
+        p50: 0.0,
+        p99: 0.0,
+    }
+}
