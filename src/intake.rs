@@ -53,7 +53,14 @@ impl Intake {
 }
 
 async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
+    // Two batches in flight: one prepares (CPU) while the other commits (database); the
+    // pipeline's commit lock keeps commits in order.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let mut tasks = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let mut jobs = vec![first];
         let mut count = jobs[0].deliveries.len();
         while count < MAX_BATCH {
@@ -65,30 +72,40 @@ async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let sizes: Vec<usize> = jobs.iter().map(|j| j.deliveries.len()).collect();
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut all = Vec::with_capacity(count);
-        for job in jobs {
-            all.extend(job.deliveries);
-            replies.push(job.reply);
-        }
-        metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
-        let started = std::time::Instant::now();
-        let results = pipeline.ingest_batch(all).await;
-        metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
-        for r in &results {
-            let outcome = match r {
-                Ok(o) => o.kind(),
-                Err(IngestError::Temporary(_) | IngestError::Failed(_)) => "temporary_failure",
-                Err(IngestError::UnknownRecipient(_)) => "unknown_recipient",
-                Err(IngestError::Unusable(_)) => "rejected",
-            };
-            metrics::counter!("initdesk_messages_total", "outcome" => outcome).increment(1);
-        }
-        let mut results = results.into_iter();
-        for (reply, size) in replies.into_iter().zip(sizes) {
-            // A session that gave up (client gone) no longer listens; its mail is committed anyway.
-            let _ = reply.send(results.by_ref().take(size).collect());
-        }
+        let pipeline = pipeline.clone();
+        tasks.spawn(async move {
+            commit(pipeline, jobs, count).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn commit(pipeline: Pipeline, jobs: Vec<Job>, count: usize) {
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.deliveries.len()).collect();
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut all = Vec::with_capacity(count);
+    for job in jobs {
+        all.extend(job.deliveries);
+        replies.push(job.reply);
+    }
+    metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
+    let started = std::time::Instant::now();
+    let results = pipeline.ingest_batch(all).await;
+    metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
+    for r in &results {
+        let outcome = match r {
+            Ok(o) => o.kind(),
+            Err(IngestError::Temporary(_) | IngestError::Failed(_)) => "temporary_failure",
+            Err(IngestError::UnknownRecipient(_)) => "unknown_recipient",
+            Err(IngestError::Unusable(_)) => "rejected",
+        };
+        metrics::counter!("initdesk_messages_total", "outcome" => outcome).increment(1);
+    }
+    let mut results = results.into_iter();
+    for (reply, size) in replies.into_iter().zip(sizes) {
+        // A session that gave up (client gone) no longer listens; its mail is committed anyway.
+        let _ = reply.send(results.by_ref().take(size).collect());
     }
 }

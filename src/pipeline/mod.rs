@@ -163,6 +163,9 @@ struct Inner {
     settings: Settings,
     tokens: ReplyTokens,
     routes: RouteCache,
+    /// Batches prepare concurrently but commit one at a time, in order: a reply in one batch
+    /// must see the ticket its original opened in the batch before.
+    commit_lock: tokio::sync::Mutex<()>,
 }
 
 /// One message to ingest.
@@ -188,6 +191,7 @@ impl Pipeline {
                 settings,
                 tokens,
                 routes: RouteCache::default(),
+                commit_lock: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -266,7 +270,11 @@ impl Pipeline {
                 ))),
             });
         }
-        match self.commit_batch(prepared).await {
+        let committed = {
+            let _turn = self.inner.commit_lock.lock().await;
+            self.commit_batch(prepared).await
+        };
+        match committed {
             Ok(results) => results,
             Err(e) => {
                 let msg = e.to_string();

@@ -93,11 +93,12 @@ pub fn prepare(
     } else {
         mail.text.clone()
     };
-    // The longer body is the one a person reads, so it is the one whose language counts.
-    let language = if !html_only && html.len() > text.len() {
-        parse::detect_language(&parse::html_to_text(&html, max_bytes, max_depth))
-    } else {
+    // The language of what a person reads: the plain text when the mail has some (the
+    // alternative HTML says the same words), the HTML's text otherwise.
+    let language = if text.split_whitespace().nth(19).is_some() || html.is_empty() {
         parse::detect_language(&text)
+    } else {
+        parse::detect_language(&parse::html_to_text(&html, max_bytes, max_depth))
     };
     // Attachment bytes are on disk now; keep the parsed mail light in memory.
     for a in &mut mail.attachments {

@@ -282,8 +282,8 @@ async fn append(
     // Spam, automatic mail and internal notes are stored but change nothing (SPEC 2.5, 2.9).
     let processed =
         role != "associate" && f.auto_reply.is_none() && spam_reason.is_none() && !ticket.is_spam;
-    if processed {
-        let next = if thread::is_closed(&ticket.status) {
+    let next = processed.then(|| {
+        if thread::is_closed(&ticket.status) {
             TicketState {
                 status: "active".into(),
                 waiting_on: "associate".into(),
@@ -300,10 +300,16 @@ async fn append(
                 classification: ticket.classification.clone(),
                 closed_at: ticket.closed_at,
             }
-        };
-        tickets::update_ticket_state(tx, org.id, ticket.id, &next).await?;
-    }
-    tickets::touch_ticket(tx, org.id, ticket.id, !ctx.prepared.attachments.is_empty()).await?;
+        }
+    });
+    tickets::update_ticket_after_message(
+        tx,
+        org.id,
+        ticket.id,
+        next.as_ref(),
+        !ctx.prepared.attachments.is_empty(),
+    )
+    .await?;
     Ok(Outcome::Appended {
         ticket_id: ticket.id,
         public_id: ticket.public_id,

@@ -6,9 +6,24 @@ use crate::with_tx;
 /// zstd level for raw mail: fast, and mail compresses well at any level.
 const LEVEL: i32 = 3;
 
+thread_local! {
+    /// One compressor per thread: setting up zstd's context costs as much as compressing a
+    /// typical mail.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Compresses raw mail for [`insert`]; CPU work, done before the transaction.
 pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    zstd::bulk::compress(raw, LEVEL)
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(raw),
+            None => zstd::bulk::compress(raw, LEVEL),
+        }
+    })
 }
 
 /// Keeps a message's raw bytes (already compressed); the same bytes are kept once.

@@ -112,35 +112,29 @@ pub async fn find_or_create_customer(
 ) -> Result<Customer, StoreError> {
     let ts = now();
     let name = clean_text(name.trim());
-    with_tx!(tx, |c| {
-        sqlx::query(
+    // One statement for a new customer, or for a known one whose empty name this fills;
+    // a known customer with a name returns nothing here and is read below.
+    let upserted: Option<Customer> = with_tx!(tx, |c| {
+        sqlx::query_as(
         "INSERT INTO customers (organization_id, name, email, email_norm, is_spam, created_at, updated_at) VALUES ($1, $2, $3, $4, FALSE, $5, $5)
-         ON CONFLICT (organization_id, email_norm) DO NOTHING"
+         ON CONFLICT (organization_id, email_norm) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at
+           WHERE customers.name = '' AND excluded.name <> ''
+         RETURNING id, organization_id, name, email, is_spam"
     )
     .bind(org_id)
     .bind(&name)
     .bind(clean_text(email))
     .bind(email_norm)
     .bind(ts)
-    .execute(c)
+    .fetch_optional(c)
     .await
-        .map(|r| r.rows_affected())
     })?;
-    if !name.is_empty() {
-        with_tx!(tx, |c| {
-            sqlx::query("UPDATE customers SET name = $3, updated_at = $4 WHERE organization_id = $1 AND email_norm = $2 AND name = ''")
-            .bind(org_id)
-            .bind(email_norm)
-            .bind(&name)
-            .bind(ts)
-            .execute(c)
-            .await
-        .map(|r| r.rows_affected())
-        })?;
+    match upserted {
+        Some(customer) => Ok(customer),
+        None => customer_by_email(tx, org_id, email_norm)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}"))),
     }
-    customer_by_email(tx, org_id, email_norm)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}")))
 }
 
 /// The customer of `org_id` with this normalized address.
@@ -439,6 +433,49 @@ pub struct TicketState {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
+/// Records a new message on a ticket: its workflow state when the message changes it, and
+/// whether the ticket now has attachments; one statement.
+pub async fn update_ticket_after_message(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket_id: i64,
+    state: Option<&TicketState>,
+    has_attachments: bool,
+) -> Result<(), StoreError> {
+    match state {
+        Some(s) => with_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE tickets SET status = $3, waiting_on = $4, classification = $5, closed_at = $6,
+             has_attachments = (has_attachments OR $7), updated_at = $8 WHERE organization_id = $1 AND id = $2"
+        )
+        .bind(org_id)
+        .bind(ticket_id)
+        .bind(&s.status)
+        .bind(&s.waiting_on)
+        .bind(&s.classification)
+        .bind(s.closed_at)
+        .bind(has_attachments)
+        .bind(now())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?,
+        None => with_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE tickets SET has_attachments = (has_attachments OR $3), updated_at = $4 WHERE organization_id = $1 AND id = $2"
+        )
+        .bind(org_id)
+        .bind(ticket_id)
+        .bind(has_attachments)
+        .bind(now())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?,
+    };
+    Ok(())
+}
+
 /// Writes a ticket's workflow state.
 pub async fn update_ticket_state(
     tx: &mut Tx,
@@ -446,44 +483,7 @@ pub async fn update_ticket_state(
     ticket_id: i64,
     s: &TicketState,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE tickets SET status = $3, waiting_on = $4, classification = $5, closed_at = $6, updated_at = $7 WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org_id)
-    .bind(ticket_id)
-    .bind(&s.status)
-    .bind(&s.waiting_on)
-    .bind(&s.classification)
-    .bind(s.closed_at)
-    .bind(now())
-    .execute(c)
-    .await
-        .map(|r| r.rows_affected())
-    })?;
-    Ok(())
-}
-
-/// Marks a ticket as having attachments and touches it.
-pub async fn touch_ticket(
-    tx: &mut Tx,
-    org_id: i64,
-    ticket_id: i64,
-    has_attachments: bool,
-) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE tickets SET has_attachments = (has_attachments OR $3), updated_at = $4 WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org_id)
-    .bind(ticket_id)
-    .bind(has_attachments)
-    .bind(now())
-    .execute(c)
-    .await
-        .map(|r| r.rows_affected())
-    })?;
-    Ok(())
+    update_ticket_after_message(tx, org_id, ticket_id, Some(s), false).await
 }
 
 /// A message to insert.

@@ -2,7 +2,7 @@
 
 /// The ISO 639-1 code of `text`'s language, empty when detection is not reliable.
 pub fn detect_language(text: &str) -> String {
-    let sample = super::body::truncate_at_char(text, 4000);
+    let sample = super::body::truncate_at_char(text, 2000);
     if sample.split_whitespace().count() < 3 {
         return String::new();
     }
