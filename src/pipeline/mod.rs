@@ -166,6 +166,9 @@ struct Inner {
     /// Batches prepare concurrently but commit one at a time, in order: a reply in one batch
     /// must see the ticket its original opened in the batch before.
     commit_lock: tokio::sync::Mutex<()>,
+    /// One preparing message per core: more would only add blocking threads (and their
+    /// per-thread compressor state) without adding CPU.
+    prepare_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// One message to ingest.
@@ -192,6 +195,9 @@ impl Pipeline {
                 tokens,
                 routes: RouteCache::default(),
                 commit_lock: tokio::sync::Mutex::new(()),
+                prepare_slots: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
             }),
         }
     }
@@ -304,7 +310,11 @@ impl Pipeline {
         let org_id = route.entry.org.id;
         let raw = delivery.raw;
         let raw_for_task = raw.clone();
+        let Ok(slot) = self.inner.prepare_slots.clone().acquire_owned().await else {
+            return Staged::Rejected(IngestError::Failed("the pipeline is shutting down".into()));
+        };
         let result = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             prepare::prepare(
                 &raw_for_task,
                 org_id,
