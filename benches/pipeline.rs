@@ -3,8 +3,9 @@
 //! `docs/benchmarks.md`.
 //!
 //! ```text
-//! cargo bench --bench pipeline -- [--backend sqlite|postgres|both] [--messages N] [--batch B]
-//!     [--inflight K] [--seed S] [--blobs fs|nosync] [--stages] [--count-sql] [--postgres-url URL]
+//! cargo bench --bench pipeline -- [--backend sqlite|postgres|both|prepare] [--messages N]
+//!     [--batch B] [--inflight K] [--seed S] [--blobs fs|nosync] [--stages] [--count-sql]
+//!     [--postgres-url URL] [--spool PATH]
 //! ```
 //!
 //! How it works:
@@ -16,11 +17,15 @@
 //!    `Pipeline::ingest_batch` (one transaction per batch), keeping `--inflight` batches in
 //!    flight, samples RSS at 25/50/75/100 % and checks every outcome against what the
 //!    generator meant (new request -> created, reply -> appended, redelivery -> duplicate).
-//! 3. `--stages` times each step of `prepare` (parse, blob writes, sanitize, html2text,
-//!    language) on one thread; `--count-sql` counts the SQL statements per message.
+//!    Only the ingest loop is timed; the next batch is read from the spool (page cache) while
+//!    the previous one is in flight.
+//! 3. Diagnostics: `--backend prepare` runs only the prepare step (no database) the way
+//!    `ingest_batch` runs it; `--stages` times each step of `prepare` (parse, compression,
+//!    attachment files, sanitize, html2text, language) on one thread, with a few what-ifs;
+//!    `--count-sql` counts the SQL statements per message and sqlx's time for each kind.
 //!
-//! Without `--bench` (that is, under `cargo test --benches`), it runs a small smoke corpus
-//! and fails when an outcome is not the expected one.
+//! Without `--bench` (that is, under `cargo test --benches` or `--all-targets`), it runs a
+//! 300-message smoke corpus through both backends and fails when an outcome is unexpected.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -49,17 +54,24 @@ use serde::{Deserialize, Serialize};
 // ---------------------------------------------------------------------------------------
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [options]
-  --backend sqlite|postgres|both   databases to run (default both)
+  --backend sqlite|postgres|both   databases to run (default both); `prepare` runs only the
+                                   prepare step (parse, render, compress, attachment files)
+                                   as ingest_batch runs it, with no database
   --messages N                     corpus size (default 10000)
   --batch B                        messages per ingest_batch transaction (default 200)
-  --inflight K                     batches in flight at once (default 2)
+  --inflight K                     ingest_batch calls in flight at once (default 1: with 2,
+                                   SQLite got no faster and PostgreSQL deadlocks, see the docs)
   --seed S                         corpus seed (default 2)
+  --attachments PCT                share of messages with a 50-500 KB attachment (default 5)
   --blobs fs|nosync                blob store: the real FsBlobStore (default), or the same
                                    files without fsync (experiment: what the fsyncs cost)
   --stages                         also time each prepare step on one thread
   --count-sql                      also count SQL statements per message (slower run)
   --postgres-url URL               server for the fresh database (default
-                                   $INITDESK_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test)";
+                                   $INITDESK_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test)
+  --sqlite-pragmas 'P=V;...'       experiment: PRAGMAs for every pooled SQLite connection
+  --spool PATH                     keep the generated corpus at PATH; profile one backend with
+                                   <bench binary> --child sqlite --spool PATH [--messages ...]";
 
 const RECIPIENTS: [&str; 2] = ["support@acme.test", "sales@acme.test"];
 const CUSTOMERS: usize = 3000;
@@ -68,6 +80,8 @@ const CUSTOMERS: usize = 3000;
 enum Db {
     Sqlite,
     Postgres,
+    /// No database: only the prepare step, run the way `ingest_batch` runs it.
+    PrepareOnly,
 }
 
 impl Db {
@@ -75,6 +89,16 @@ impl Db {
         match self {
             Db::Sqlite => "sqlite",
             Db::Postgres => "postgres",
+            Db::PrepareOnly => "prepare",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Db> {
+        match s {
+            "sqlite" => Some(Db::Sqlite),
+            "postgres" | "postgresql" | "pg" => Some(Db::Postgres),
+            "prepare" => Some(Db::PrepareOnly),
+            _ => None,
         }
     }
 }
@@ -101,12 +125,18 @@ struct Options {
     batch: usize,
     inflight: usize,
     seed: u64,
+    /// Share of messages with an attachment, in percent.
+    attachment_pct: f64,
     blobs: BlobMode,
     stages: bool,
     count_sql: bool,
     postgres_url: String,
+    /// Experiment: PRAGMAs run on every pooled SQLite connection before the run.
+    sqlite_pragmas: Option<String>,
     /// Set in the child process: the backend to run and the spool to read.
     child: Option<(Db, PathBuf)>,
+    /// Parent: write the corpus here and keep it (to profile a child by hand).
+    keep_spool: Option<PathBuf>,
     /// `cargo bench` passes `--bench`; without it this is a `cargo test` smoke run.
     smoke: bool,
 }
@@ -119,14 +149,17 @@ impl Options {
             backends: vec![Db::Sqlite, Db::Postgres],
             messages: if smoke { 300 } else { 10_000 },
             batch: if smoke { 50 } else { 200 },
-            inflight: 2,
+            inflight: 1,
             seed: 2,
+            attachment_pct: 5.0,
             blobs: BlobMode::Fs,
             stages: false,
             count_sql: false,
             postgres_url: std::env::var("INITDESK_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
             child: None,
+            keep_spool: None,
+            sqlite_pragmas: None,
             smoke,
         };
         let mut child_db = None;
@@ -146,13 +179,13 @@ impl Options {
             match key.as_str() {
                 "--bench" => {}
                 "--backend" => {
-                    o.backends = match value()?.as_str() {
-                        "sqlite" => vec![Db::Sqlite],
-                        "postgres" | "postgresql" | "pg" => vec![Db::Postgres],
-                        "both" => vec![Db::Sqlite, Db::Postgres],
-                        other => {
+                    let v = value()?;
+                    o.backends = match (v.as_str(), Db::from_name(&v)) {
+                        ("both", _) => vec![Db::Sqlite, Db::Postgres],
+                        (_, Some(db)) => vec![db],
+                        _ => {
                             return Err(format!(
-                                "--backend {other}: expected sqlite, postgres or both"
+                                "--backend {v}: expected sqlite, postgres, both or prepare"
                             ));
                         }
                     }
@@ -161,6 +194,15 @@ impl Options {
                 "--batch" => o.batch = number(&key, &value()?)?.max(1),
                 "--inflight" => o.inflight = number(&key, &value()?)?.max(1),
                 "--seed" => o.seed = number(&key, &value()?)? as u64,
+                "--attachments" => {
+                    let v = value()?;
+                    o.attachment_pct = v
+                        .trim_end_matches('%')
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|p| (0.0..=100.0).contains(p))
+                        .ok_or_else(|| format!("--attachments {v}: a percentage"))?;
+                }
                 "--blobs" => {
                     o.blobs = match value()?.as_str() {
                         "fs" => BlobMode::Fs,
@@ -171,11 +213,10 @@ impl Options {
                 "--stages" => o.stages = true,
                 "--count-sql" => o.count_sql = true,
                 "--postgres-url" => o.postgres_url = value()?,
+                "--sqlite-pragmas" => o.sqlite_pragmas = Some(value()?),
                 "--child" => {
-                    child_db = Some(match value()?.as_str() {
-                        "sqlite" => Db::Sqlite,
-                        _ => Db::Postgres,
-                    })
+                    let v = value()?;
+                    child_db = Some(Db::from_name(&v).ok_or_else(|| format!("--child {v}?"))?);
                 }
                 "--spool" => spool = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => {
@@ -185,8 +226,10 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
-        if let (Some(db), Some(spool)) = (child_db, spool) {
-            o.child = Some((db, spool));
+        match (child_db, spool) {
+            (Some(db), Some(spool)) => o.child = Some((db, spool)),
+            (None, spool) => o.keep_spool = spool,
+            (Some(_), None) => return Err("--child needs --spool".into()),
         }
         Ok(o)
     }
@@ -217,6 +260,10 @@ impl Options {
             "--postgres-url".into(),
             self.postgres_url.clone(),
         ];
+        if let Some(p) = &self.sqlite_pragmas {
+            a.push("--sqlite-pragmas".into());
+            a.push(p.clone());
+        }
         if self.count_sql {
             a.push("--count-sql".into());
         }
@@ -255,7 +302,10 @@ fn main() {
 fn parent_main(opts: &Options) -> Result<(), String> {
     check_encoders()?;
     let work = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let spool = work.path().join("corpus.spool");
+    let spool = opts
+        .keep_spool
+        .clone()
+        .unwrap_or_else(|| work.path().join("corpus.spool"));
 
     println!(
         "== initdesk-gateway pipeline benchmark{} ==",
@@ -272,11 +322,12 @@ fn parent_main(opts: &Options) -> Result<(), String> {
         cpu_model()
     );
     println!(
-        "settings: messages {} | batch {} | in flight {} | seed {} | blobs {} | reply lag {} messages",
+        "settings: messages {} | batch {} | in flight {} | seed {} | attachments {} % | blobs {} | reply lag {} messages",
         opts.messages,
         opts.batch,
         opts.inflight,
         opts.seed,
+        opts.attachment_pct,
         opts.blobs.name(),
         opts.reply_lag()
     );
@@ -396,16 +447,20 @@ fn print_results(opts: &Options, corpus: &CorpusStats, results: &[RunResult]) {
             r.batch_ms_max,
             r.read_secs
         );
+        let own = r.cpu_user_s + r.cpu_sys_s;
         println!(
-            "CPU of the gateway process: user {:.2} s + system {:.2} s = {:.0} µs per message; whole machine: {:.1} of {:.1} core-seconds busy ({:.1} by other processes{}), {:.1} idle in iowait; load average {} before, {} after",
+            "CPU: gateway process user {:.2} s + system {:.2} s = {:.0} µs per message; PostgreSQL server processes {:.1} s ({:.0} µs per message); \
+             whole machine {:.1} of {:.1} core-seconds busy, {:.1} of them outside the gateway{}; {:.1} idle in iowait; load average {} before, {} after",
             r.cpu_user_s,
             r.cpu_sys_s,
-            (r.cpu_user_s + r.cpu_sys_s) * 1e6 / r.messages.max(1) as f64,
+            own * 1e6 / r.messages.max(1) as f64,
+            r.postgres_cpu_s,
+            r.postgres_cpu_s * 1e6 / r.messages.max(1) as f64,
             r.machine_busy_s,
             r.secs * cpus() as f64,
-            (r.machine_busy_s - r.cpu_user_s - r.cpu_sys_s).max(0.0),
+            (r.machine_busy_s - own).max(0.0),
             if r.backend == "postgres" {
-                ", the PostgreSQL server included"
+                " (the PostgreSQL server included)"
             } else {
                 ""
             },
@@ -422,29 +477,47 @@ fn print_results(opts: &Options, corpus: &CorpusStats, results: &[RunResult]) {
         if !other.is_empty() {
             println!("other outcomes: {}", other.join(", "));
         }
-        println!(
-            "stored: {}",
-            r.db.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "threaded_by: {}",
-            r.threaded_by
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "detected languages: {}",
-            r.languages
+        let list = |items: &[(String, i64)]| {
+            items
                 .iter()
                 .map(|(k, v)| format!("{} {v}", if k.is_empty() { "(none)" } else { k }))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        };
+        if !r.db.is_empty() {
+            let stored: Vec<(String, i64)> = r.db.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            println!("stored: {}", list(&stored));
+            println!("threaded_by: {}", list(&r.threaded_by));
+            println!("detected languages: {}", list(&r.languages));
+        }
+        if r.roundtrip_us > 0.0 {
+            println!(
+                "one statement round trip (SELECT 1 in a transaction, through sqlx): {:.0} µs",
+                r.roundtrip_us
+            );
+        }
+        if !r.index_scans.is_empty() {
+            println!(
+                "PostgreSQL index use: {}",
+                r.index_scans
+                    .iter()
+                    .map(|(i, n, rows)| format!("{i} {n} scans, {rows} entries read"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        if !r.table_scans.is_empty() {
+            println!(
+                "PostgreSQL table scans: {}",
+                r.table_scans
+                    .iter()
+                    .map(|(t, seq, rows, idx)| format!(
+                        "{t}: {seq} sequential ({rows} rows read), {idx} by index"
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
         println!(
             "blob store: {} files, {:.0} MB on disk ({})",
             r.blob_files, r.blob_mb, r.blobs
@@ -488,6 +561,9 @@ fn print_results(opts: &Options, corpus: &CorpusStats, results: &[RunResult]) {
         " --messages {} --batch {} --inflight {}",
         opts.messages, opts.batch, opts.inflight
     );
+    if opts.attachment_pct != 5.0 {
+        let _ = write!(cmd, " --attachments {}", opts.attachment_pct);
+    }
     if opts.blobs != BlobMode::Fs {
         let _ = write!(cmd, " --blobs {}", opts.blobs.name());
     }
@@ -518,6 +594,12 @@ struct RunResult {
     db: BTreeMap<String, i64>,
     threaded_by: Vec<(String, i64)>,
     languages: Vec<(String, i64)>,
+    /// PostgreSQL: (table, sequential scans, rows read by them, index scans).
+    table_scans: Vec<(String, i64, i64, i64)>,
+    /// PostgreSQL: (index, scans, index entries read).
+    index_scans: Vec<(String, i64, i64)>,
+    /// One trivial statement (`SELECT 1`) through sqlx inside a transaction, µs: the cost of a round trip.
+    roundtrip_us: f64,
     blob_files: u64,
     blob_mb: f64,
     sql: Vec<(String, u64, f64)>,
@@ -528,6 +610,8 @@ struct RunResult {
     /// Machine-wide CPU seconds (all cores) during the run: busy, and idle waiting for I/O.
     machine_busy_s: f64,
     machine_iowait_s: f64,
+    /// CPU seconds of every `postgres` process on this machine during the run.
+    postgres_cpu_s: f64,
 }
 
 fn child_main(opts: &Options, db: Db, spool: &Path) -> Result<(), String> {
@@ -553,16 +637,107 @@ fn child_main(opts: &Options, db: Db, spool: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// One message's result as the bench counts it: the outcome kind, and a detail for reports.
+struct Got {
+    kind: String,
+    detail: String,
+}
+
 struct InFlight {
-    handle: tokio::task::JoinHandle<(Vec<Result<Outcome, IngestError>>, Duration)>,
+    handle: tokio::task::JoinHandle<(Vec<Got>, Duration)>,
     expect: Vec<Expect>,
     first_index: u64,
+}
+
+/// Where a batch goes: the whole pipeline, or (`--backend prepare`) only its prepare step.
+#[derive(Clone)]
+enum Sink {
+    Pipeline(Pipeline),
+    PrepareOnly(Arc<dyn BlobStore>),
+}
+
+impl Sink {
+    async fn run(self, deliveries: Vec<Delivery>) -> Vec<Got> {
+        match self {
+            Sink::Pipeline(p) => p
+                .ingest_batch(deliveries)
+                .await
+                .into_iter()
+                .map(got)
+                .collect(),
+            Sink::PrepareOnly(blobs) => {
+                // As ingest_batch does: every message of the batch on the blocking pool at
+                // once, then one sync of the batch's attachment files.
+                let handles: Vec<_> = deliveries
+                    .into_iter()
+                    .map(|d| {
+                        let blobs = blobs.clone();
+                        tokio::task::spawn_blocking(move || {
+                            prepare::prepare(
+                                &d.raw,
+                                1,
+                                "http://gateway.test",
+                                &LimitsConfig::default(),
+                                &blobs,
+                            )
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(handles.len());
+                let mut hashes = Vec::new();
+                for h in handles {
+                    out.push(match h.await {
+                        Ok(Ok(p)) => {
+                            hashes.extend(p.attachments.iter().map(|a| a.sha256.clone()));
+                            Got {
+                                kind: "prepared".into(),
+                                detail: String::new(),
+                            }
+                        }
+                        Ok(Err(e)) => Got {
+                            kind: "error: prepare".into(),
+                            detail: format!("{e:?}"),
+                        },
+                        Err(e) => Got {
+                            kind: "error: task".into(),
+                            detail: e.to_string(),
+                        },
+                    });
+                }
+                let sync = tokio::task::spawn_blocking(move || blobs.sync(&hashes)).await;
+                if !matches!(sync, Ok(Ok(()))) {
+                    for g in &mut out {
+                        *g = Got {
+                            kind: "error: blob sync".into(),
+                            detail: format!("{sync:?}"),
+                        };
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+fn got(r: Result<Outcome, IngestError>) -> Got {
+    let kind = match &r {
+        Ok(o) => o.kind().to_string(),
+        Err(IngestError::UnknownRecipient(_)) => "rejected: unknown recipient".into(),
+        Err(IngestError::Unusable(_)) => "rejected: unusable".into(),
+        Err(IngestError::Temporary(_)) => "error: temporary".into(),
+        Err(IngestError::Failed(_)) => "error: failed".into(),
+    };
+    let detail = match r {
+        Ok(o) => format!("{o:?}"),
+        Err(e) => e.to_string(),
+    };
+    Got { kind, detail }
 }
 
 async fn run_backend(opts: &Options, db: Db, spool: &Path) -> Result<RunResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let (url, pg) = match db {
-        Db::Sqlite => (
+        Db::Sqlite | Db::PrepareOnly => (
             format!("sqlite://{}", dir.path().join("gateway.db").display()),
             None,
         ),
@@ -585,38 +760,56 @@ async fn run_on(
     dir: &Path,
     spool: &Path,
 ) -> Result<RunResult, String> {
-    // The production default of `[database] max_connections`.
-    let store = store::open(url, 8)
-        .await
-        .map_err(|e| format!("open {url}: {e}"))?;
-    let mut tx = store.begin().await.map_err(|e| e.to_string())?;
-    for org in initdesk_gateway::replay::default_world() {
-        orgs::apply_config(&mut tx, &org)
-            .await
-            .map_err(|e| format!("world: {e}"))?;
-    }
-    tx.commit().await.map_err(|e| e.to_string())?;
     let blob_root = dir.join("blobs");
     let blob_store: Arc<dyn BlobStore> = match opts.blobs {
         BlobMode::Fs => Arc::new(FsBlobStore::new(&blob_root)),
         BlobMode::NoSync => Arc::new(NoSyncBlobStore(FsBlobStore::new(&blob_root))),
     };
-    let settings = Settings {
-        public_url: "http://gateway.test".into(),
-        ..Settings::default()
-    };
-    let pipeline = Pipeline::new(
-        store.clone(),
-        blob_store,
-        settings,
-        ReplyTokens::new(b"bench-secret".to_vec()),
-    );
-    for r in RECIPIENTS {
-        pipeline
-            .check_recipient(&Recipient::Address(r.into()))
+    let mut store = None;
+    let sink = if db == Db::PrepareOnly {
+        Sink::PrepareOnly(blob_store)
+    } else {
+        // The production default of `[database] max_connections`.
+        let s = store::open(url, 8)
             .await
-            .map_err(|e| e.to_string())?;
-    }
+            .map_err(|e| format!("open {url}: {e}"))?;
+        if let (Store::Sqlite(pool), Some(pragmas)) = (&s, &opts.sqlite_pragmas) {
+            apply_pragmas(pool, pragmas)
+                .await
+                .map_err(|e| format!("--sqlite-pragmas: {e}"))?;
+        }
+        let mut tx = s.begin().await.map_err(|e| e.to_string())?;
+        for org in initdesk_gateway::replay::default_world() {
+            orgs::apply_config(&mut tx, &org)
+                .await
+                .map_err(|e| format!("world: {e}"))?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+        let settings = Settings {
+            public_url: "http://gateway.test".into(),
+            ..Settings::default()
+        };
+        let pipeline = Pipeline::new(
+            s.clone(),
+            blob_store,
+            settings,
+            ReplyTokens::new(b"bench-secret".to_vec()),
+        );
+        for r in RECIPIENTS {
+            pipeline
+                .check_recipient(&Recipient::Address(r.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        store = Some(s);
+        Sink::Pipeline(pipeline)
+    };
+    let roundtrip_us = match &store {
+        Some(s) => statement_roundtrip(s)
+            .await
+            .map_err(|e| format!("round trip: {e}"))?,
+        None => 0.0,
+    };
 
     let mut result = RunResult {
         backend: db.name().into(),
@@ -624,6 +817,7 @@ async fn run_on(
         inflight: opts.inflight,
         blobs: opts.blobs.name().into(),
         rss_start_mb: proc_status_mb("VmRSS"),
+        roundtrip_us,
         ..RunResult::default()
     };
     let total = opts.messages as u64;
@@ -638,6 +832,7 @@ async fn run_on(
     result.load_before = loadavg();
     let cpu_before = cpu_times();
     let machine_before = machine_cpu();
+    let postgres_before = postgres_cpu();
     let start = Instant::now();
     let mut index = 0u64;
     loop {
@@ -653,7 +848,13 @@ async fn run_on(
             let (outcomes, took) = f.handle.await.map_err(|e| format!("batch task: {e}"))?;
             batch_ms.push(took.as_secs_f64() * 1e3);
             done += outcomes.len() as u64;
-            tally(&mut result, f.first_index, &f.expect, &outcomes);
+            tally(
+                &mut result,
+                f.first_index,
+                &f.expect,
+                &outcomes,
+                db == Db::PrepareOnly,
+            );
             while next_mark < marks.len() && done * 100 >= total * u64::from(marks[next_mark]) {
                 result
                     .rss_mb
@@ -671,17 +872,17 @@ async fn run_on(
         for r in records {
             expect.push(r.expect);
             deliveries.push(Delivery {
-                raw: r.raw,
+                raw: r.raw.into(),
                 envelope: Envelope::to(
                     RECIPIENTS[usize::from(r.recipient) % RECIPIENTS.len()],
                     Source::Smtp,
                 ),
             });
         }
-        let p = pipeline.clone();
+        let sink = sink.clone();
         let handle = tokio::spawn(async move {
             let t = Instant::now();
-            let out = p.ingest_batch(deliveries).await;
+            let out = sink.run(deliveries).await;
             (out, t.elapsed())
         });
         pending.push_back(InFlight {
@@ -698,6 +899,7 @@ async fn run_on(
     let machine_after = machine_cpu();
     result.machine_busy_s = machine_after.0 - machine_before.0;
     result.machine_iowait_s = machine_after.1 - machine_before.1;
+    result.postgres_cpu_s = postgres_cpu() - postgres_before;
     while next_mark < marks.len() {
         result
             .rss_mb
@@ -714,13 +916,15 @@ async fn run_on(
         .unwrap_or_default();
     result.batch_ms_max = batch_ms.last().copied().unwrap_or_default();
 
-    verify_store(&store, &mut result)
-        .await
-        .map_err(|e| format!("reading back: {e}"))?;
+    if let Some(store) = store {
+        verify_store(&store, &mut result)
+            .await
+            .map_err(|e| format!("reading back: {e}"))?;
+        store.close().await;
+    }
     let (files, bytes) = dir_size(&blob_root);
     result.blob_files = files;
     result.blob_mb = bytes as f64 / 1e6;
-    store.close().await;
     Ok(result)
 }
 
@@ -728,32 +932,72 @@ fn tally(
     result: &mut RunResult,
     first_index: u64,
     expect: &[Expect],
-    outcomes: &[Result<Outcome, IngestError>],
+    outcomes: &[Got],
+    prepare_only: bool,
 ) {
     for (i, (want, got)) in expect.iter().zip(outcomes).enumerate() {
-        let kind = match got {
-            Ok(o) => o.kind().to_string(),
-            Err(IngestError::UnknownRecipient(_)) => "rejected: unknown recipient".into(),
-            Err(IngestError::Unusable(_)) => "rejected: unusable".into(),
-            Err(IngestError::Temporary(_)) => "error: temporary".into(),
-            Err(IngestError::Failed(_)) => "error: failed".into(),
+        let wanted = if prepare_only {
+            "prepared"
+        } else {
+            want.outcome()
         };
-        if kind != want.outcome() {
+        if got.kind != wanted {
             result.mismatches += 1;
             if result.mismatch_examples.len() < 10 {
-                let detail = match got {
-                    Ok(o) => format!("{o:?}"),
-                    Err(e) => e.to_string(),
-                };
                 result.mismatch_examples.push(format!(
-                    "message {} ({:?}): expected {}, got {detail}",
+                    "message {} ({want:?}): expected {wanted}, got {}: {}",
                     first_index + i as u64,
-                    want,
-                    want.outcome()
+                    got.kind,
+                    got.detail
                 ));
             }
         }
-        *result.outcomes.entry(kind).or_default() += 1;
+        *result.outcomes.entry(got.kind.clone()).or_default() += 1;
+    }
+}
+
+/// Runs `pragmas` (`name=value;...`) on all 8 pooled connections: they are opened together and
+/// stay in the pool for the run (an experiment; the store sets its own PRAGMAs).
+async fn apply_pragmas(pool: &sqlx::SqlitePool, pragmas: &str) -> Result<(), sqlx::Error> {
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut c = pool.acquire().await?;
+        for p in pragmas.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {p}")))
+                .execute(&mut *c)
+                .await?;
+        }
+        conns.push(c);
+    }
+    Ok(())
+}
+
+/// The average time of `SELECT 1` inside a transaction: what one statement costs the commit
+/// phase before the database does any work (a hop to sqlx's SQLite thread, or to the server).
+async fn statement_roundtrip(store: &Store) -> Result<f64, sqlx::Error> {
+    const N: u32 = 2000;
+    let start;
+    match store {
+        Store::Sqlite(p) => {
+            let mut tx = p.begin().await?;
+            start = Instant::now();
+            for _ in 0..N {
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+            tx.rollback().await?;
+            Ok(us)
+        }
+        Store::Postgres(p) => {
+            let mut tx = p.begin().await?;
+            start = Instant::now();
+            for _ in 0..N {
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+            tx.rollback().await?;
+            Ok(us)
+        }
     }
 }
 
@@ -800,6 +1044,22 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
                 .await?
         }
     };
+    if let Store::Postgres(p) = store {
+        // Statistics reach the view shortly after each transaction ends.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        r.table_scans = sqlx::query_as(
+            "SELECT relname::text, COALESCE(seq_scan, 0), COALESCE(seq_tup_read, 0), COALESCE(idx_scan, 0) FROM pg_stat_user_tables
+             WHERE relname IN ('messages', 'tickets', 'customers', 'raw_messages') ORDER BY relname",
+        )
+        .fetch_all(p)
+        .await?;
+        r.index_scans = sqlx::query_as(
+            "SELECT indexrelname::text, COALESCE(idx_scan, 0), COALESCE(idx_tup_read, 0) FROM pg_stat_user_indexes
+             WHERE relname IN ('messages', 'tickets', 'customers') AND idx_scan > 0 ORDER BY idx_tup_read DESC",
+        )
+        .fetch_all(p)
+        .await?;
+    }
     Ok(())
 }
 
@@ -964,12 +1224,30 @@ fn run_stages(spool: &Path, work: &Path, batch: usize) -> io::Result<StageReport
         "sanitize_html (ammonia)",
         "html_to_text (html2text)",
         "detect_language (whatlang)",
+        // What-ifs, not part of prepare today:
+        "zstd level 3 with one reused compressor",
+        "zstd level 1 with one reused compressor",
+        "detect_language on the first 1,000 bytes only",
+        "whatlang with an allowlist of 8 languages",
     ];
-    let mut t = [Duration::ZERO; 8];
-    let mut n = [0u64; 8];
+    let mut t = [Duration::ZERO; 12];
+    let mut n = [0u64; 12];
+    use whatlang::Lang as W;
+    let allowlist = whatlang::Detector::with_allowlist(vec![
+        W::Eng,
+        W::Deu,
+        W::Fra,
+        W::Spa,
+        W::Ita,
+        W::Por,
+        W::Rus,
+        W::Jpn,
+    ]);
+    let mut zstd3 = zstd::bulk::Compressor::new(3)?;
+    let mut zstd1 = zstd::bulk::Compressor::new(1)?;
     let mut report = StageReport::default();
     let mut reader = SpoolReader::open(spool)?;
-    let time = |slot: usize, t: &mut [Duration; 8], n: &mut [u64; 8], start: Instant| {
+    let time = |slot: usize, t: &mut [Duration; 12], n: &mut [u64; 12], start: Instant| {
         t[slot] += start.elapsed();
         n[slot] += 1;
     };
@@ -1001,12 +1279,16 @@ fn run_stages(spool: &Path, work: &Path, batch: usize) -> io::Result<StageReport
         let html_only = mail.text.trim().is_empty() && !mail.html.trim().is_empty();
         let s = Instant::now();
         let text = if html_only {
-            parse::html_to_text(&mail.html, limits.max_html_to_text_bytes)
+            parse::html_to_text(
+                &mail.html,
+                limits.max_html_to_text_bytes,
+                limits.max_html_depth,
+            )
         } else {
             mail.text.clone()
         };
         let lang_text = if !html_only && html.len() > text.len() {
-            parse::html_to_text(&html, limits.max_html_to_text_bytes)
+            parse::html_to_text(&html, limits.max_html_to_text_bytes, limits.max_html_depth)
         } else {
             text
         };
@@ -1016,6 +1298,18 @@ fn run_stages(spool: &Path, work: &Path, batch: usize) -> io::Result<StageReport
         let s = Instant::now();
         let _ = parse::detect_language(&lang_text);
         time(7, &mut t, &mut n, s);
+        let s = Instant::now();
+        let _ = zstd3.compress(raw)?;
+        time(8, &mut t, &mut n, s);
+        let s = Instant::now();
+        let _ = zstd1.compress(raw)?;
+        time(9, &mut t, &mut n, s);
+        let s = Instant::now();
+        let _ = parse::detect_language(prefix(&lang_text, 1000));
+        time(10, &mut t, &mut n, s);
+        let s = Instant::now();
+        let _ = allowlist.detect(prefix(&lang_text, 4000));
+        time(11, &mut t, &mut n, s);
 
         let s = Instant::now();
         let p = prepare::prepare(raw, 1, "http://gateway.test", &limits, &fs_b)
@@ -1057,10 +1351,35 @@ fn run_stages(spool: &Path, work: &Path, batch: usize) -> io::Result<StageReport
     Ok(report)
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl StageReport {
     fn print(&self, sqlite: Option<&RunResult>) {
         let m = self.messages.max(1) as f64;
-        let sum: Duration = self.rows.iter().map(|r| r.1).sum();
+        let (stages, what_if) = self.rows.split_at(8.min(self.rows.len()));
+        let sum: Duration = stages.iter().map(|r| r.1).sum();
+        let row = |name: &str, d: &Duration, calls: &u64, share: bool| {
+            let pct = if share {
+                format!(
+                    "{:.0} %",
+                    100.0 * d.as_secs_f64() / sum.as_secs_f64().max(1e-9)
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "| {name} | {calls} | {:.0} | {:.0} | {pct} |",
+                d.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6 / m
+            );
+        };
         println!();
         println!(
             "== Where prepare() time goes (one thread, all {} messages, fresh blob directory) ==",
@@ -1069,13 +1388,8 @@ impl StageReport {
         println!();
         println!("| stage | calls | total ms | µs per message | share |");
         println!("|---|---:|---:|---:|---:|");
-        for (name, d, calls) in &self.rows {
-            println!(
-                "| {name} | {calls} | {:.0} | {:.0} | {:.0} % |",
-                d.as_secs_f64() * 1e3,
-                d.as_secs_f64() * 1e6 / m,
-                100.0 * d.as_secs_f64() / sum.as_secs_f64().max(1e-9)
-            );
+        for (name, d, calls) in stages {
+            row(name, d, calls, true);
         }
         println!(
             "| sum of the stages | | {:.0} | {:.0} | |",
@@ -1083,11 +1397,14 @@ impl StageReport {
             sum.as_secs_f64() * 1e6 / m
         );
         println!(
-            "| prepare::prepare() measured | {} | {:.0} | {:.0} | |",
+            "| prepare::prepare() measured (its blob sync happens at commit) | {} | {:.0} | {:.0} | |",
             self.messages,
             self.prepare.as_secs_f64() * 1e3,
             self.prepare.as_secs_f64() * 1e6 / m
         );
+        for (name, d, calls) in what_if {
+            row(&format!("what if: {name}"), d, calls, false);
+        }
         println!();
         println!("prepare() by message format:");
         for (format, (n, d)) in &self.by_format {
@@ -1861,12 +2178,18 @@ struct Generator {
     clock: DateTime<Utc>,
     lag: usize,
     p_reply: f64,
+    p_attachment: f64,
     stats: CorpusStats,
 }
 
 fn generate(opts: &Options, spool: &Path) -> io::Result<CorpusStats> {
     let start = Instant::now();
-    let mut g = Generator::new(opts.seed, opts.messages, opts.reply_lag());
+    let mut g = Generator::new(
+        opts.seed,
+        opts.messages,
+        opts.reply_lag(),
+        opts.attachment_pct / 100.0,
+    );
     let mut out = SpoolWriter(BufWriter::with_capacity(1 << 20, File::create(spool)?));
     for i in 0..opts.messages {
         let (expect, recipient, flags, raw) = g.next_message(i);
@@ -1880,7 +2203,7 @@ fn generate(opts: &Options, spool: &Path) -> io::Result<CorpusStats> {
 }
 
 impl Generator {
-    fn new(seed: u64, messages: usize, lag: usize) -> Self {
+    fn new(seed: u64, messages: usize, lag: usize, p_attachment: f64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let customers = make_customers(&mut rng);
         // About a third of all messages are replies; none can be before `lag`.
@@ -1902,6 +2225,7 @@ impl Generator {
                 .unwrap_or_default(),
             lag,
             p_reply,
+            p_attachment,
             stats: CorpusStats::default(),
         }
     }
@@ -2037,7 +2361,7 @@ impl Generator {
         // Format: ~15 % HTML only, ~20 % multipart/alternative, the rest text/plain; ~5 % attachment.
         let roll = self.rng.random::<f64>();
         let (html_only, alternative) = (roll < 0.15, (0.15..0.35).contains(&roll));
-        let attachment = self.rng.random_bool(0.05);
+        let attachment = self.rng.random_bool(self.p_attachment);
         let mut flags = 0;
         if html_only {
             flags |= FLAG_HTML_ONLY;
@@ -2492,7 +2816,7 @@ fn render_html(paras: &[Para], c: &Customer, cs: Charset, rng: &mut StdRng) -> S
     let mut s = String::with_capacity(4096);
     match c.client {
         Client::Outlook => {
-            let _ = write!(
+            let _ = writeln!(
                 s,
                 "<html xmlns:v=\"urn:schemas-microsoft-com:vml\" xmlns:o=\"urn:schemas-microsoft-com:office:office\" \
                  xmlns:w=\"urn:schemas-microsoft-com:office:word\" xmlns:m=\"http://schemas.microsoft.com/office/2004/12/omml\" \
@@ -2506,7 +2830,7 @@ fn render_html(paras: &[Para], c: &Customer, cs: Charset, rng: &mut StdRng) -> S
                  .MsoChpDefault\n\t{{mso-style-type:export-only;\n\tfont-family:\"Calibri\",sans-serif;}}\n\
                  @page WordSection1\n\t{{size:612.0pt 792.0pt;\n\tmargin:70.85pt 70.85pt 2.0cm 70.85pt;}}\ndiv.WordSection1\n\t{{page:WordSection1;}}\n\
                  --></style><!--[if gte mso 9]><xml>\n<o:shapedefaults v:ext=\"edit\" spidmax=\"1026\" />\n</xml><![endif]-->\n</head>\n\
-                 <body lang=\"{}\" link=\"#0563C1\" vlink=\"#954F72\" style=\"word-wrap:break-word\">\n<div class=\"WordSection1\">\n",
+                 <body lang=\"{}\" link=\"#0563C1\" vlink=\"#954F72\" style=\"word-wrap:break-word\">\n<div class=\"WordSection1\">",
                 cs.name(),
                 lang_tag(c.lang)
             );
@@ -2518,9 +2842,9 @@ fn render_html(paras: &[Para], c: &Customer, cs: Charset, rng: &mut StdRng) -> S
                 if p.kind == ParaKind::Quote {
                     s.push_str("<div style=\"border:none;border-left:solid #E1E1E1 1.5pt;padding:0cm 0cm 0cm 4.0pt\">\n");
                 }
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<p class=\"MsoNormal\"><span{style}>{}<o:p></o:p></span></p>\n<p class=\"MsoNormal\"><o:p>&nbsp;</o:p></p>\n",
+                    "<p class=\"MsoNormal\"><span{style}>{}<o:p></o:p></span></p>\n<p class=\"MsoNormal\"><o:p>&nbsp;</o:p></p>",
                     escape_html(&p.text)
                 );
                 if p.kind == ParaKind::Quote {
@@ -2534,19 +2858,19 @@ fn render_html(paras: &[Para], c: &Customer, cs: Charset, rng: &mut StdRng) -> S
             for p in paras {
                 match p.kind {
                     ParaKind::Text => {
-                        let _ = write!(s, "<div>{}</div><div><br></div>\n", escape_html(&p.text));
+                        let _ = writeln!(s, "<div>{}</div><div><br></div>", escape_html(&p.text));
                     }
                     ParaKind::Signature => {
-                        let _ = write!(
+                        let _ = writeln!(
                             s,
-                            "<span class=\"gmail_signature_prefix\">-- </span><br><div dir=\"ltr\" class=\"gmail_signature\">{}</div>\n",
+                            "<span class=\"gmail_signature_prefix\">-- </span><br><div dir=\"ltr\" class=\"gmail_signature\">{}</div>",
                             escape_html(&p.text)
                         );
                     }
                     ParaKind::Quote => {
-                        let _ = write!(
+                        let _ = writeln!(
                             s,
-                            "<div class=\"gmail_quote\"><blockquote class=\"gmail_quote\" style=\"margin:0px 0px 0px 0.8ex;border-left:1px solid rgb(204,204,204);padding-left:1ex\">{}</blockquote></div>\n",
+                            "<div class=\"gmail_quote\"><blockquote class=\"gmail_quote\" style=\"margin:0px 0px 0px 0.8ex;border-left:1px solid rgb(204,204,204);padding-left:1ex\">{}</blockquote></div>",
                             escape_html(&p.text)
                         );
                     }
@@ -2555,42 +2879,42 @@ fn render_html(paras: &[Para], c: &Customer, cs: Charset, rng: &mut StdRng) -> S
             s.push_str("</div>\n");
         }
         Client::AppleMail | Client::Thunderbird | Client::Mobile => {
-            let _ = write!(
+            let _ = writeln!(
                 s,
                 "<!DOCTYPE html>\n<html><head>\n<meta http-equiv=\"Content-Type\" content=\"text/html; charset={}\">\n</head>\n\
-                 <body style=\"overflow-wrap: break-word; -webkit-nbsp-mode: space; line-break: after-white-space;\">\n",
+                 <body style=\"overflow-wrap: break-word; -webkit-nbsp-mode: space; line-break: after-white-space;\">",
                 cs.name()
             );
             for p in paras {
                 match p.kind {
                     ParaKind::Text => {
-                        let _ = write!(s, "<p>{}</p>\n", escape_html(&p.text));
+                        let _ = writeln!(s, "<p>{}</p>", escape_html(&p.text));
                     }
                     ParaKind::Signature => {
-                        let _ = write!(
+                        let _ = writeln!(
                             s,
-                            "<div class=\"moz-signature\">-- <br>{}</div>\n",
+                            "<div class=\"moz-signature\">-- <br>{}</div>",
                             escape_html(&p.text)
                         );
                     }
                     ParaKind::Quote => {
-                        let _ = write!(
+                        let _ = writeln!(
                             s,
-                            "<blockquote type=\"cite\">{}</blockquote>\n",
+                            "<blockquote type=\"cite\">{}</blockquote>",
                             escape_html(&p.text)
                         );
                     }
                 }
             }
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<p><a href=\"https://www.{dom}/\">www.{dom}</a></p>\n",
+                "<p><a href=\"https://www.{dom}/\">www.{dom}</a></p>",
                 dom = c.domain
             );
             if c.client == Client::Mobile || rng.random_bool(0.2) {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<img src=\"https://t.example.net/o/{:016x}.gif\" width=\"1\" height=\"1\" alt=\"\">\n",
+                    "<img src=\"https://t.example.net/o/{:016x}.gif\" width=\"1\" height=\"1\" alt=\"\">",
                     rng.random::<u64>()
                 );
             }
@@ -3042,7 +3366,7 @@ fn jis(ch: char) -> Option<(u8, u8)> {
 }
 
 fn jis_to_sjis(j1: u8, j2: u8) -> [u8; 2] {
-    let s1 = (j1 + 1) / 2 + if j1 <= 0x5E { 0x70 } else { 0xB0 };
+    let s1 = j1.div_ceil(2) + if j1 <= 0x5E { 0x70 } else { 0xB0 };
     let s2 = if j1 % 2 == 1 {
         j2 + if j2 >= 0x60 { 0x20 } else { 0x1F }
     } else {
@@ -3231,6 +3555,29 @@ fn machine_cpu() -> (f64, f64) {
     let get = |i: usize| v.get(i).copied().unwrap_or(0.0);
     // user nice system idle iowait irq softirq steal
     (get(0) + get(1) + get(2) + get(5) + get(6) + get(7), get(4))
+}
+
+/// User + system CPU seconds of all processes named `postgres` (the local server).
+fn postgres_cpu() -> f64 {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for e in dir.flatten() {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    total
 }
 
 /// The 1, 5 and 15 minute load averages: other work on the machine skews the figures.
