@@ -742,7 +742,9 @@ async fn run_backend(opts: &Options, db: Db, spool: &Path) -> Result<RunResult, 
             None,
         ),
         Db::Postgres => {
-            let pg = TempPostgres::create(&opts.postgres_url).await?;
+            let pg = initdesk_gateway::store::scratch::ScratchPostgres::create(&opts.postgres_url)
+                .await
+                .map_err(|e| format!("PostgreSQL at {}: {e}", opts.postgres_url))?;
             (pg.url.clone(), Some(pg))
         }
     };
@@ -1061,46 +1063,6 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
         .await?;
     }
     Ok(())
-}
-
-/// A database created on the PostgreSQL server for one run and dropped after it.
-struct TempPostgres {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempPostgres {
-    async fn create(base_url: &str) -> Result<Self, String> {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(base_url)
-            .await
-            .map_err(|e| format!("PostgreSQL at {base_url}: {e}"))?;
-        let name = format!("idk_bench_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| format!("create database: {e}"))?;
-        let _ = conn.close().await;
-        Ok(Self {
-            admin_url: base_url.into(),
-            url: initdesk_gateway::replay::replace_db_name(base_url, &name),
-            name,
-        })
-    }
-
-    async fn drop_database(self) {
-        use sqlx::Connection;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-            let _ = conn.close().await;
-        }
-    }
 }
 
 /// [`FsBlobStore`] with `sync` doing nothing: `--blobs nosync` shows what making the

@@ -12,7 +12,6 @@ use crate::config::{LimitsConfig, OrganizationConfig, PolicyConfig};
 use crate::pipeline::{Envelope, IngestError, Pipeline, ReplyTokens, Settings, Source};
 use crate::store::blobs::FsBlobStore;
 use crate::store::scratch::ScratchPostgres;
-pub use crate::store::scratch::replace_db_name;
 use crate::store::tickets::{self, NewMessage, TicketState};
 use crate::store::{self, Store, StoreError, orgs, quarantine};
 
