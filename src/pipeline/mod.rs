@@ -353,7 +353,6 @@ impl Pipeline {
         &self,
         staged: Vec<Staged>,
     ) -> Result<Vec<Result<Outcome, IngestError>>, StoreError> {
-        let mut results = Vec::with_capacity(staged.len());
         // Nothing to write (e.g. every recipient unknown): no transaction at all.
         if staged.iter().all(|s| matches!(s, Staged::Rejected(_))) {
             return Ok(staged
@@ -372,99 +371,119 @@ impl Pipeline {
             })
             .flatten()
             .collect();
-        let mut tx = self.inner.store.begin().await?;
-        for item in staged {
-            let result = match item {
-                Staged::Rejected(e) => Err(e),
-                Staged::Quarantine {
-                    org_id,
-                    envelope,
-                    raw,
-                    reason,
-                } => {
-                    self.quarantine(&mut tx, org_id, &envelope, &raw, &reason)
-                        .await
+        // No savepoint per message (on PostgreSQL each is a subtransaction, on SQLite two more
+        // round trips): a message that fails half-written aborts the transaction, and the batch
+        // runs again with that message quarantined. Failures are rare; the re-run is cheap.
+        let mut poisoned: std::collections::HashMap<usize, String> =
+            std::collections::HashMap::new();
+        let mut raced: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        'attempt: for _ in 0..=staged.len() {
+            let mut tx = self.inner.store.begin().await?;
+            let mut results: Vec<Option<Result<Outcome, IngestError>>> =
+                Vec::with_capacity(staged.len());
+            for (index, item) in staged.iter().enumerate() {
+                let result = match item {
+                    Staged::Rejected(_) => None,
+                    Staged::Quarantine {
+                        org_id,
+                        envelope,
+                        raw,
+                        reason,
+                    } => Some(
+                        self.quarantine(&mut tx, *org_id, envelope, raw, reason)
+                            .await,
+                    ),
+                    Staged::Ready(ready) => match poisoned.get(&index) {
+                        Some(reason) => Some(
+                            self.quarantine(
+                                &mut tx,
+                                Some(ready.route.entry.org.id),
+                                &ready.envelope,
+                                &ready.raw,
+                                reason,
+                            )
+                            .await,
+                        ),
+                        None => match self.apply_one(&mut tx, ready).await {
+                            Applied::Done(result) => Some(result),
+                            Applied::Raced if raced.insert(index) => {
+                                tx.discard().await;
+                                continue 'attempt;
+                            }
+                            Applied::Raced => {
+                                poisoned.insert(index, "unique key conflict persisted".into());
+                                tx.discard().await;
+                                continue 'attempt;
+                            }
+                            Applied::Poisoned(reason) => {
+                                poisoned.insert(index, reason);
+                                tx.discard().await;
+                                continue 'attempt;
+                            }
+                        },
+                    },
+                };
+                if let Some(Err(IngestError::Temporary(e))) = result {
+                    tx.discard().await;
+                    return Err(e);
                 }
-                Staged::Ready(ready) => self.apply_one(&mut tx, &ready).await,
+                results.push(result);
+            }
+            // Attachment bytes are durable before the rows that name them.
+            let store = self.inner.blobs.clone();
+            let blobs = blobs.clone();
+            let synced = tokio::task::spawn_blocking(move || store.sync(&blobs)).await;
+            let sync_error = match synced {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(StoreError::Io(e)),
+                Err(e) => Some(StoreError::Io(std::io::Error::other(format!(
+                    "blob sync task failed: {e}"
+                )))),
             };
-            if let Err(IngestError::Temporary(e)) = result {
+            if let Some(e) = sync_error {
                 tx.discard().await;
                 return Err(e);
             }
-            results.push(result);
+            tx.commit().await?;
+            return Ok(staged
+                .into_iter()
+                .zip(results)
+                .map(|(item, result)| match (item, result) {
+                    (_, Some(r)) => r,
+                    (Staged::Rejected(e), None) => Err(e),
+                    (_, None) => Err(IngestError::Failed("no result".into())),
+                })
+                .collect());
         }
-        // Attachment bytes are durable before the rows that name them.
-        let store = self.inner.blobs.clone();
-        let synced = tokio::task::spawn_blocking(move || store.sync(&blobs)).await;
-        match synced {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tx.discard().await;
-                return Err(StoreError::Io(e));
-            }
-            Err(e) => {
-                tx.discard().await;
-                return Err(StoreError::Io(std::io::Error::other(format!(
-                    "blob sync task failed: {e}"
-                ))));
-            }
-        }
-        tx.commit().await?;
-        Ok(results)
+        Err(StoreError::Conflict(
+            "the batch kept failing; every message is retried later".into(),
+        ))
     }
 
-    async fn apply_one(&self, tx: &mut Tx, ready: &Ready) -> Result<Outcome, IngestError> {
-        // Twice at most: a unique-key race with another instance resolves as a duplicate on the retry.
-        for attempt in 0..2 {
-            tx.savepoint().await.map_err(IngestError::from_store)?;
-            let ctx = record::Context {
-                route: &ready.route,
-                envelope: &ready.envelope,
-                prepared: &ready.prepared,
-                tokens: &self.inner.tokens,
-                policy: &self.inner.settings.policy,
-                routes: &self.inner.routes,
-                store: &self.inner.store,
-            };
-            match record::apply(tx, &ctx).await {
-                Ok(outcome) => {
-                    tx.release_savepoint()
-                        .await
-                        .map_err(IngestError::from_store)?;
-                    return Ok(outcome);
-                }
-                Err(record::Error::Store(e)) if e.is_unique_violation() && attempt == 0 => {
-                    tx.rollback_to_savepoint()
-                        .await
-                        .map_err(IngestError::from_store)?;
-                }
-                Err(record::Error::Store(e)) if e.is_transient() => {
-                    return Err(IngestError::Temporary(e));
-                }
-                Err(record::Error::Unusable(reason)) => {
-                    tx.rollback_to_savepoint()
-                        .await
-                        .map_err(IngestError::from_store)?;
-                    return Err(IngestError::Unusable(reason));
-                }
-                Err(record::Error::Store(e)) => {
-                    tx.rollback_to_savepoint()
-                        .await
-                        .map_err(IngestError::from_store)?;
-                    let reason = format!("store: {e}");
-                    return self
-                        .quarantine(
-                            tx,
-                            Some(ready.route.entry.org.id),
-                            &ready.envelope,
-                            &ready.raw,
-                            &reason,
-                        )
-                        .await;
-                }
+    /// Decides and writes one message inside the batch transaction.
+    async fn apply_one(&self, tx: &mut Tx, ready: &Ready) -> Applied {
+        let ctx = record::Context {
+            route: &ready.route,
+            envelope: &ready.envelope,
+            prepared: &ready.prepared,
+            tokens: &self.inner.tokens,
+            policy: &self.inner.settings.policy,
+            routes: &self.inner.routes,
+            store: &self.inner.store,
+        };
+        match record::apply(tx, &ctx).await {
+            Ok(outcome) => Applied::Done(Ok(outcome)),
+            // Refused before anything was written (record::apply checks the sender first).
+            Err(record::Error::Unusable(reason)) => {
+                Applied::Done(Err(IngestError::Unusable(reason)))
             }
+            Err(record::Error::Store(e)) if e.is_transient() => {
+                Applied::Done(Err(IngestError::Temporary(e)))
+            }
+            // Another instance stored the same mail at the same moment: the re-run finds it.
+            Err(record::Error::Store(e)) if e.is_unique_violation() => Applied::Raced,
+            Err(record::Error::Store(e)) => Applied::Poisoned(format!("store: {e}")),
         }
-        Err(IngestError::Failed("unique key conflict persisted".into()))
     }
 
     async fn quarantine(
@@ -550,6 +569,15 @@ impl Pipeline {
         }
         outcome
     }
+}
+
+/// What applying one message inside the batch transaction came to.
+enum Applied {
+    Done(Result<Outcome, IngestError>),
+    /// A unique key raced with another instance; run the batch again.
+    Raced,
+    /// A fault that aborted the transaction; run the batch again with this one quarantined.
+    Poisoned(String),
 }
 
 /// A message between preparing and committing.

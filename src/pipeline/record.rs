@@ -43,6 +43,13 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
     let mail = &ctx.prepared.mail;
     let org = &ctx.route.entry.org;
 
+    // Refused before anything is written, so the batch transaction needs no undo.
+    if sender_of(ctx).is_none() && mail.bounce.is_none() {
+        return Err(Error::Unusable(
+            "no sender address in From, Sender or the envelope".into(),
+        ));
+    }
+
     // Every accepted message's raw bytes are kept, whatever it becomes.
     raw::insert(
         tx,
