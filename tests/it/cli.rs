@@ -333,21 +333,22 @@ fn replay_prints_a_diff_for_a_failing_case() {
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// Two processes at once (an MTA running several pipe deliveries): numbers stay 1..N.
-fn parallel_delivers(dir: &Path, url: &str) {
-    let mut c = gateway(dir, url);
-    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test"]);
-    let out = run(c, b"");
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let mut c = gateway(dir, url);
-    c.args([
-        "inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help",
-    ]);
-    assert_eq!(code(&run(c, b"")), 0);
-    let children: Vec<_> = (0..12)
+/// Starts `n` `deliver` processes at once (as an MTA does) and returns the ticket numbers
+/// they report, sorted.
+fn deliver_in_parallel(
+    dir: &Path,
+    url: &str,
+    n: usize,
+    recipient: &str,
+    config: Option<&Path>,
+) -> Vec<i64> {
+    let children: Vec<_> = (0..n)
         .map(|i| {
             let mut c = gateway(dir, url);
-            c.args(["deliver", "--recipient", "help@shop.test"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.args(["deliver", "--recipient", recipient]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            if let Some(config) = config {
+                c.arg("--config").arg(config);
+            }
             let mut child = c.spawn().expect("spawn");
             let body = format!("From: c{i}@example.com\r\nSubject: request {i}\r\nMessage-ID: <p{i}@example.com>\r\n\r\nhello {i}\r\n");
             if let Some(mut input) = child.stdin.take() {
@@ -365,6 +366,21 @@ fn parallel_delivers(dir: &Path, url: &str) {
         })
         .collect();
     ids.sort();
+    ids
+}
+
+/// Two processes at once (an MTA running several pipe deliveries): numbers stay 1..N.
+fn parallel_delivers(dir: &Path, url: &str) {
+    let mut c = gateway(dir, url);
+    c.args(["org", "create", "--name", "Shop", "--domain", "shop.test"]);
+    let out = run(c, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut c = gateway(dir, url);
+    c.args([
+        "inbox", "create", "--org", "1", "--prefix", "help", "--name", "Help",
+    ]);
+    assert_eq!(code(&run(c, b"")), 0);
+    let ids = deliver_in_parallel(dir, url, 12, "help@shop.test", None);
     assert_eq!(ids, (1..=12).collect::<Vec<i64>>());
 }
 
@@ -501,31 +517,7 @@ fn parallel_delivers_with_config(dir: &Path, url: &str) {
         "[[organizations]]\nname = \"Acme\"\ndomains = [\"acme.test\", \"ACME-mail.test\"]\n\n  [[organizations.inboxes]]\n  email_prefix = \"support\"\n  name = \"Support\"\n\n  [[organizations.users]]\n  email = \"agent@acme.test\"\n  name = \"Agent\"\n",
     )
     .expect("config");
-    let children: Vec<_> = (0..8)
-        .map(|i| {
-            let mut c = gateway(dir, url);
-            c.args(["deliver", "--recipient", "support@acme-mail.test", "--config"])
-                .arg(&config)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = c.spawn().expect("spawn");
-            let body = format!("From: c{i}@example.com\r\nSubject: request {i}\r\nMessage-ID: <cfg{i}@example.com>\r\n\r\nhello {i}\r\n");
-            if let Some(mut input) = child.stdin.take() {
-                input.write_all(body.as_bytes()).expect("stdin");
-            }
-            child
-        })
-        .collect();
-    let mut ids: Vec<i64> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            assert_eq!(code(&out), 0, "{}", stderr(&out));
-            json(&out)["public_id"].as_i64().expect("public_id")
-        })
-        .collect();
-    ids.sort();
+    let ids = deliver_in_parallel(dir, url, 8, "support@acme-mail.test", Some(&config));
     assert_eq!(ids, (1..=8).collect::<Vec<i64>>());
 }
 

@@ -309,37 +309,13 @@ impl Session {
         };
         match request {
             Request::Ehlo { host } if !self.cfg.lmtp => {
-                self.helo = Some(host.into_owned());
-                self.reset();
-                let mut lines = vec![
-                    format!("{} Hello {}", self.cfg.hostname, self.peer.ip()),
-                    "PIPELINING".to_string(),
-                    format!("SIZE {}", self.cfg.max_message_bytes),
-                    "8BITMIME".to_string(),
-                    "SMTPUTF8".to_string(),
-                    "ENHANCEDSTATUSCODES".to_string(),
-                ];
-                if self.tls_available && !self.tls_active {
-                    lines.push("STARTTLS".to_string());
-                }
-                self.multiline(250, &lines);
+                let first = format!("{} Hello {}", self.cfg.hostname, self.peer.ip());
+                self.greet(host.into_owned(), first);
                 Act::Continue
             }
             Request::Lhlo { host } if self.cfg.lmtp => {
-                self.helo = Some(host.into_owned());
-                self.reset();
-                let mut lines = vec![
-                    self.cfg.hostname.clone(),
-                    "PIPELINING".to_string(),
-                    format!("SIZE {}", self.cfg.max_message_bytes),
-                    "8BITMIME".to_string(),
-                    "SMTPUTF8".to_string(),
-                    "ENHANCEDSTATUSCODES".to_string(),
-                ];
-                if self.tls_available && !self.tls_active {
-                    lines.push("STARTTLS".to_string());
-                }
-                self.multiline(250, &lines);
+                let first = self.cfg.hostname.clone();
+                self.greet(host.into_owned(), first);
                 Act::Continue
             }
             Request::Helo { host } if !self.cfg.lmtp => {
@@ -442,6 +418,24 @@ impl Session {
             Request::Auth { .. } => self.error("502 5.5.1 Authentication not supported"),
             _ => self.error("502 5.5.1 Command not implemented"),
         }
+    }
+
+    /// EHLO or LHLO: a new start, answered with the capabilities.
+    fn greet(&mut self, host: String, first_line: String) {
+        self.helo = Some(host);
+        self.reset();
+        let mut lines = vec![
+            first_line,
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.max_message_bytes),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        if self.tls_available && !self.tls_active {
+            lines.push("STARTTLS".to_string());
+        }
+        self.multiline(250, &lines);
     }
 
     fn multiline(&mut self, code: u16, lines: &[String]) {
