@@ -59,8 +59,8 @@ const USAGE: &str = "usage: cargo bench --bench pipeline -- [options]
                                    as ingest_batch runs it, with no database
   --messages N                     corpus size (default 10000)
   --batch B                        messages per ingest_batch transaction (default 200)
-  --inflight K                     ingest_batch calls in flight at once (default 1: with 2,
-                                   SQLite got no faster and PostgreSQL deadlocks, see the docs)
+  --inflight K                     ingest_batch calls in flight at once (default 2: the next
+                                   batch prepares while the previous one commits)
   --seed S                         corpus seed (default 2)
   --attachments PCT                share of messages with a 50-500 KB attachment (default 5)
   --blobs fs|nosync                blob store: the real FsBlobStore (default), or the same
@@ -149,7 +149,7 @@ impl Options {
             backends: vec![Db::Sqlite, Db::Postgres],
             messages: if smoke { 300 } else { 10_000 },
             batch: if smoke { 50 } else { 200 },
-            inflight: 1,
+            inflight: 2,
             seed: 2,
             attachment_pct: 5.0,
             blobs: BlobMode::Fs,
