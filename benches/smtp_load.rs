@@ -287,21 +287,10 @@ fn message(rng: &mut StdRng, i: usize) -> Vec<u8> {
 }
 
 fn base64_lines(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine as _;
     let mut out = String::with_capacity(bytes.len() * 4 / 3 + bytes.len() / 57 * 2 + 4);
     for line in bytes.chunks(57) {
-        for c in line.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for k in 0..4 {
-                if k <= c.len() {
-                    out.push(char::from(T[((n >> (18 - 6 * k)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
+        out.push_str(&base64::engine::general_purpose::STANDARD.encode(line));
         out.push_str("\r\n");
     }
     out

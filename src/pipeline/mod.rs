@@ -20,7 +20,7 @@ pub use thread::ReplyTokens;
 
 use crate::config::{Config, LimitsConfig, PolicyConfig};
 use crate::store::blobs::{BlobStore, FsBlobStore};
-use crate::store::{Store, StoreError, Tx, quarantine};
+use crate::store::{Store, StoreError, Tx, quarantine, raw};
 use prepare::{PrepareError, Prepared};
 use route::{Route, RouteCache};
 
@@ -366,7 +366,16 @@ impl Pipeline {
         let blobs: Vec<String> = staged
             .iter()
             .filter_map(|s| match s {
-                Staged::Ready(r) => Some(r.prepared.attachments.iter().map(|a| a.sha256.clone())),
+                Staged::Ready(r) => Some(
+                    r.prepared
+                        .attachments
+                        .iter()
+                        .map(|a| a.sha256.clone())
+                        .chain(match &r.prepared.raw_stored {
+                            raw::Stored::Blob(sha) => Some(sha.clone()),
+                            raw::Stored::Inline(_) => None,
+                        }),
+                ),
                 _ => None,
             })
             .flatten()

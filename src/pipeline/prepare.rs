@@ -33,8 +33,8 @@ pub struct Prepared {
     pub language: String,
     pub raw_sha256: String,
     pub raw_size: usize,
-    /// The raw bytes, zstd-compressed, kept with the message.
-    pub raw_zstd: Vec<u8>,
+    /// The raw bytes, zstd-compressed, in the row or the blob store.
+    pub raw_stored: raw::Stored,
     pub attachments: Vec<StoredAttachment>,
 }
 
@@ -55,7 +55,7 @@ pub fn prepare(
 ) -> Result<Prepared, PrepareError> {
     let mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
     let raw_sha256 = sha256_hex(raw);
-    let raw_zstd = raw::compress(raw).map_err(PrepareError::Blob)?;
+    let raw_stored = raw::keep(raw, blobs.as_ref()).map_err(PrepareError::Blob)?;
 
     let mut attachments = Vec::with_capacity(mail.attachments.len());
     let mut cid_urls = HashMap::new();
@@ -111,7 +111,7 @@ pub fn prepare(
         language,
         raw_sha256,
         raw_size: raw.len(),
-        raw_zstd,
+        raw_stored,
         attachments,
     })
 }

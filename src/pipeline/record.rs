@@ -56,7 +56,7 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         org.id,
         &ctx.prepared.raw_sha256,
         ctx.prepared.raw_size,
-        &ctx.prepared.raw_zstd,
+        &ctx.prepared.raw_stored,
     )
     .await?;
 

@@ -274,7 +274,8 @@ async fn raw_mail_and_attachments_are_kept_once() {
             }
         }
     }
-    let raw = initdesk_gateway::store::raw::get(&mut tx, 1, &raw_shas[0])
+    let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
+    let raw = initdesk_gateway::store::raw::get(&mut tx, &blobs, 1, &raw_shas[0])
         .await
         .expect("raw");
     tx.rollback().await.expect("rollback");
@@ -284,10 +285,61 @@ async fn raw_mail_and_attachments_are_kept_once() {
         "raw bytes come back exactly"
     );
     assert_eq!(shas.len(), 1, "the same attachment is stored once");
-    let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
     let sha = shas.into_iter().next().expect("sha");
     assert!(blobs.get(&sha).expect("blob").starts_with(b"%PDF-1.4"));
     gw.cleanup().await;
+}
+
+/// Large raw mail lives in the blob store, not in the row, and comes back byte for byte.
+async fn large_raw_mail_goes_to_the_blob_store(db: Db) {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let gw = TestGateway::new(db).await;
+    // Random bytes do not compress, so the raw copy is far above the inline limit.
+    let mut payload = vec![0u8; 200 * 1024];
+    rand::rng().fill_bytes(&mut payload);
+    let mut b64 = String::new();
+    for chunk in payload.chunks(57) {
+        b64.push_str(&base64::engine::general_purpose::STANDARD.encode(chunk));
+        b64.push_str("\r\n");
+    }
+    let raw = format!(
+        "From: a@example.com\r\nTo: support@acme.test\r\nSubject: big\r\nMessage-ID: <big@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream; name=x.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--b--\r\n"
+    )
+    .into_bytes();
+    gw.pipeline
+        .ingest(&raw, &to_support())
+        .await
+        .expect("ingest");
+    let sha = initdesk_gateway::store::blobs::sha256_hex(&raw);
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let (data_len, blob): (i64, Option<String>) = with_tx!(&mut tx, |c| sqlx::query_as(
+        "SELECT CAST(length(data) AS BIGINT), blob_sha256 FROM raw_messages WHERE sha256 = $1"
+    )
+    .bind(&sha)
+    .fetch_one(c)
+    .await)
+    .expect("row");
+    assert_eq!(data_len, 0, "the row holds no bytes");
+    let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
+    let blob = blob.expect("the row names its blob");
+    assert!(blobs.get(&blob).is_ok(), "the blob exists");
+    let back = initdesk_gateway::store::raw::get(&mut tx, &blobs, 1, &sha)
+        .await
+        .expect("get");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(back.as_deref(), Some(raw.as_slice()), "byte for byte");
+    gw.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_raw_mail_goes_to_the_blob_store_sqlite() {
+    large_raw_mail_goes_to_the_blob_store(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_raw_mail_goes_to_the_blob_store_postgres() {
+    large_raw_mail_goes_to_the_blob_store(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
