@@ -67,6 +67,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let accept_loops = TaskTracker::new();
     let sessions = TaskTracker::new();
 
+    let imap_status = crate::listeners::imap::ImapStatus::default();
+    let fetchers = TaskTracker::new();
+    let imap_sources = crate::listeners::imap::sources(&store, &config)
+        .await
+        .context("reading the IMAP sources of the configured inboxes")?;
+    if !imap_sources.is_empty() {
+        let holder = crate::listeners::imap::instance_name(&config.imap.instance_id);
+        tracing::info!(mailboxes = imap_sources.len(), instance = %holder, "IMAP fetchers starting");
+        crate::listeners::imap::spawn(
+            imap_sources,
+            crate::listeners::imap::Fetchers {
+                store: store.clone(),
+                intake: services.intake.clone(),
+                status: imap_status.clone(),
+                global: config.imap.clone(),
+                max_message_bytes: config.smtp.max_message_bytes,
+                holder,
+            },
+            stopping.clone(),
+            &fetchers,
+        );
+    }
+    fetchers.close();
+
     tracing::info!(addr = %smtp_listener.local_addr()?, "SMTP listening");
     accept_loops.spawn(smtp::serve(
         smtp_listener,
@@ -89,6 +113,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let router = crate::api::router(crate::api::AppState {
         pipeline: pipeline.clone(),
         metrics,
+        imap: imap_status,
     });
     let http_stop = stopping.clone();
     let http_task = tokio::spawn(async move {
@@ -118,6 +143,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("grace period over: closing the remaining sessions with 421");
         stop_now.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+    }
+    // Fetchers finish the batch in hand and give their leases back.
+    if tokio::time::timeout(grace, fetchers.wait()).await.is_err() {
+        tracing::warn!("IMAP fetchers did not stop within the grace period");
     }
     // The committer stops once no session can hand it anything more.
     drop(services);

@@ -26,7 +26,30 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub limits: LimitsConfig,
     pub policy: PolicyConfig,
+    pub imap: ImapGlobalConfig,
     pub organizations: Vec<OrganizationConfig>,
+}
+
+/// `[imap]`: settings shared by every IMAP fetcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapGlobalConfig {
+    /// How long a mailbox lease lasts without renewal; another instance takes over after it.
+    pub lease_secs: u64,
+    /// The longest wait between reconnection attempts (backoff doubles up to this, with jitter).
+    pub max_backoff_secs: u64,
+    /// This instance's name in leases; empty: host name, process id and a random suffix.
+    pub instance_id: String,
+}
+
+impl Default for ImapGlobalConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 60,
+            max_backoff_secs: 300,
+            instance_id: String::new(),
+        }
+    }
 }
 
 /// `[database]`
@@ -186,6 +209,24 @@ pub struct ImapConfig {
     pub folder: String,
     #[serde(default = "default_imap_after")]
     pub after: String,
+    /// PEM file of extra CA certificates to trust (a private CA); the public roots always count.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Use IDLE when the server offers it; otherwise (or when false) poll.
+    #[serde(default = "default_true")]
+    pub idle: bool,
+    /// Seconds between polls without IDLE.
+    #[serde(default = "default_imap_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// Seconds before IDLE is re-issued (RFC 2177: servers may drop it after 30 minutes).
+    #[serde(default = "default_imap_idle_refresh")]
+    pub idle_refresh_secs: u64,
+    /// Messages fetched and committed together.
+    #[serde(default = "default_imap_batch_size")]
+    pub batch_size: usize,
+    /// Seconds allowed for connecting, the TLS handshake and logging in, and for any one reply.
+    #[serde(default = "default_imap_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// `[[organizations.users]]`
@@ -213,6 +254,18 @@ fn default_imap_folder() -> String {
 }
 fn default_imap_after() -> String {
     "seen".into()
+}
+fn default_imap_poll_interval() -> u64 {
+    60
+}
+fn default_imap_idle_refresh() -> u64 {
+    25 * 60
+}
+fn default_imap_batch_size() -> usize {
+    200
+}
+fn default_imap_timeout() -> u64 {
+    60
 }
 
 impl Default for DatabaseConfig {
@@ -318,6 +371,12 @@ impl Config {
         {
             return bad("database.url", "must start with sqlite:// or postgres://");
         }
+        if self.imap.lease_secs < 2 {
+            return bad("imap.lease_secs", "must be at least 2");
+        }
+        if self.imap.max_backoff_secs == 0 {
+            return bad("imap.max_backoff_secs", "must be at least 1");
+        }
         for (key, addr) in [
             ("smtp.listen", &self.smtp.listen),
             ("http.listen", &self.http.listen),
@@ -421,6 +480,51 @@ impl Config {
                             "must be seen, delete or move:FOLDER",
                         );
                     }
+                    let secrets = [
+                        &imap.password,
+                        &imap.password_file,
+                        &imap.password_command,
+                        &imap.oauth2_token_command,
+                    ];
+                    if secrets.iter().filter(|s| !s.is_empty()).count() > 1 {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.password")),
+                            "set only one of password, password_file, password_command and oauth2_token_command",
+                        );
+                    }
+                    if imap.host.trim().is_empty() {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.host")),
+                            "must not be empty",
+                        );
+                    }
+                    if imap.user.trim().is_empty() {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.user")),
+                            "must not be empty",
+                        );
+                    }
+                    if imap.folder.trim().is_empty() {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.folder")),
+                            "must not be empty",
+                        );
+                    }
+                    if imap.batch_size == 0 || imap.batch_size > 5000 {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.batch_size")),
+                            "must be between 1 and 5000",
+                        );
+                    }
+                    if imap.poll_interval_secs == 0
+                        || imap.idle_refresh_secs == 0
+                        || imap.timeout_secs == 0
+                    {
+                        return bad(
+                            &key(&format!("inboxes[{j}].imap.poll_interval_secs")),
+                            "poll_interval_secs, idle_refresh_secs and timeout_secs must be at least 1",
+                        );
+                    }
                 }
             }
             for (j, user) in org.users.iter().enumerate() {
@@ -440,7 +544,7 @@ impl Config {
 /// The sections environment variables may override; other `INITDESK_*` variables (such as
 /// `INITDESK_CONFIG` or a test suite's own) are not configuration.
 const ENV_SECTIONS: &[&str] = &[
-    "database", "storage", "smtp", "http", "outbound", "limits", "policy",
+    "database", "storage", "smtp", "http", "outbound", "limits", "policy", "imap",
 ];
 
 fn env_overrides() -> Env {

@@ -12,18 +12,25 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers; 503 with the reason when it does not.
+/// Readiness: the database answers; 503 with the reason when it does not. Each IMAP
+/// mailbox's state is listed; a failing mailbox does not make the instance unready, since
+/// the listeners and the other mailboxes still work (it shows in `imap_failing`).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.pipeline.store().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok"})),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "database": e.to_string()})),
-        ),
-    }
+    let mailboxes = state.imap.snapshot();
+    let failing = mailboxes.values().filter(|m| m.state == "failing").count();
+    let (code, status, database) = match state.pipeline.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready", "ok".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "not ready", e.to_string()),
+    };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "database": database,
+            "imap": mailboxes,
+            "imap_failing": failing,
+        })),
+    )
 }
 
 /// Prometheus text exposition of the gateway's metrics.

@@ -13,6 +13,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// Renders `/metrics`; absent when no recorder could be installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// What each IMAP fetcher is doing, for `/readyz`.
+    pub imap: crate::listeners::imap::ImapStatus,
 }
 
 /// All routes.

@@ -33,5 +33,25 @@ pub fn install() -> Option<PrometheusHandle> {
         "initdesk_commit_batch_messages",
         "Messages committed together in one batch"
     );
+    metrics::describe_counter!(
+        "initdesk_imap_messages_total",
+        "Messages fetched from IMAP mailboxes, by mailbox and outcome"
+    );
+    metrics::describe_counter!(
+        "initdesk_imap_errors_total",
+        "IMAP fetcher failures, by mailbox and kind (connect, tls, auth, protocol, timeout, database)"
+    );
+    metrics::describe_gauge!(
+        "initdesk_imap_failing",
+        "1 while a mailbox's fetcher is failing, 0 once it works again"
+    );
+    metrics::describe_gauge!(
+        "initdesk_imap_lease_held",
+        "1 when this instance holds the mailbox's lease and fetches it"
+    );
+    metrics::describe_counter!(
+        "initdesk_imap_resyncs_total",
+        "Folders read again from the start after a UIDVALIDITY change"
+    );
     Some(handle)
 }

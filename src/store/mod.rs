@@ -4,6 +4,7 @@
 //! type mismatch on either backend is a compile error, not a runtime surprise.
 
 pub mod blobs;
+pub mod imap;
 pub mod orgs;
 pub mod quarantine;
 pub mod raw;
