@@ -19,6 +19,8 @@ die() {
     exit 1
 }
 have() { command -v "$1" >/dev/null 2>&1; }
+# Daemons such as dovecot and postfix live in /usr/sbin, which is not on every user's PATH.
+have_sbin() { have "$1" || [[ -x "/usr/sbin/$1" ]]; }
 
 # rustfmt colours its diff even into a file unless told not to.
 FMT_COLOR=()
@@ -193,17 +195,58 @@ ensure_postgres() {
 ensure_postgres
 
 # --- Dovecot (IMAP) --------------------------------------------------------------------
-# Issue 4 (IMAP) installs and starts a local Dovecot here, the same way as PostgreSQL:
-# leave a running one alone, otherwise install, configure, start, wait (bounded), and
-# die with a message if it still does not answer.
+# The IMAP tests (tests/it/dovecot.rs) start a private Dovecot each, with its own config,
+# base_dir, state_dir, users and Maildirs in a temp dir and a free port on 127.0.0.1;
+# nothing here starts a system-wide Dovecot. This only installs the programs.
+
+# Where Debian's dovecot-imapd puts the IMAP server processes.
+DOVECOT_IMAP_LOGIN=/usr/lib/dovecot/imap-login
+
+# The pid of the system instance (base_dir /run/dovecot), if one runs.
+dovecot_system_pid() {
+    local pid
+    pid=$("${SUDO[@]}" cat /run/dovecot/master.pid 2>/dev/null) || return 1
+    [[ -n "$pid" ]] && "${SUDO[@]}" kill -0 "$pid" 2>/dev/null && printf '%s\n' "$pid"
+}
+
+ensure_dovecot() {
+    local installed_dovecot=0 pid waited
+    if ! have_sbin dovecot || ! have doveadm || [[ ! -x "$DOVECOT_IMAP_LOGIN" ]]; then
+        apt_install dovecot-core dovecot-imapd
+        installed_dovecot=1
+    fi
+    if ! have_sbin dovecot || ! have doveadm; then
+        die "dovecot is still missing after installing it (apt-get install dovecot-core dovecot-imapd)"
+    fi
+    [[ -x "$DOVECOT_IMAP_LOGIN" ]] ||
+        die "Dovecot's IMAP server is still missing after installing it (apt-get install dovecot-imapd)"
+    # Should the package have started its own instance (where policy-rc.d lets it), it is
+    # ours to stop: the tests run private instances and want no system one on 143/993. One
+    # that was there before this run is left alone (it shares nothing with the tests).
+    if [[ "$installed_dovecot" -eq 1 ]] && pid=$(dovecot_system_pid); then
+        say "stopping the system Dovecot instance the package started (tests run private ones)"
+        if have systemctl && [[ -d /run/systemd/system ]]; then
+            "${SUDO[@]}" systemctl stop dovecot >/dev/null 2>&1 || true
+        fi
+        if dovecot_system_pid >/dev/null; then
+            "${SUDO[@]}" doveadm stop >/dev/null 2>&1 || "${SUDO[@]}" kill "$pid" 2>/dev/null || true
+        fi
+        waited=0
+        while dovecot_system_pid >/dev/null; do
+            ((waited < 10)) || die "could not stop the system Dovecot instance (pid $pid)"
+            sleep 1
+            waited=$((waited + 1))
+        done
+    fi
+    say "Dovecot is installed (the tests start private Dovecot instances)"
+}
+
+ensure_dovecot
 
 # --- Postfix (SMTP relay / pipe transport) and swaks -----------------------------------
 # The Postfix tests (tests/it/postfix.rs) start a private instance each, with its own
 # config, queue and data directories in a temp dir and a free port on 127.0.0.1; nothing
 # here starts a system-wide Postfix. swaks is one of the real SMTP clients they use.
-
-# Postfix's commands live in /usr/sbin, which is not on every user's PATH.
-have_sbin() { have "$1" || [[ -x "/usr/sbin/$1" ]]; }
 
 ensure_postfix_and_swaks() {
     local missing=() installed_postfix=0 postfix_bin=postfix

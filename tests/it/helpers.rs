@@ -40,6 +40,8 @@ pub enum Db {
 
 /// A fresh, migrated database with the fixture world, plus a pipeline over it.
 pub struct TestGateway {
+    /// The database's URL, for a second connection pool (another "instance").
+    pub url: String,
     pub store: Store,
     pub pipeline: Pipeline,
     pub dir: tempfile::TempDir,
@@ -78,13 +80,9 @@ impl TestGateway {
             orgs::apply_config(&mut tx, &org).await.expect("world");
         }
         tx.commit().await.expect("commit");
-        let pipeline = Pipeline::new(
-            store.clone(),
-            Arc::new(FsBlobStore::new(dir.path().join("blobs"))),
-            settings,
-            ReplyTokens::new(b"test-secret".to_vec()),
-        );
+        let pipeline = pipeline_over(&store, dir.path(), settings);
         TestGateway {
+            url,
             store,
             pipeline,
             dir,
@@ -99,6 +97,16 @@ impl TestGateway {
             drop_postgres(db).await;
         }
     }
+}
+
+/// A pipeline over `store` keeping blobs under `dir`, as every test gateway has.
+pub fn pipeline_over(store: &Store, dir: &std::path::Path, settings: Settings) -> Pipeline {
+    Pipeline::new(
+        store.clone(),
+        Arc::new(FsBlobStore::new(dir.join("blobs"))),
+        settings,
+        ReplyTokens::new(b"test-secret".to_vec()),
+    )
 }
 
 /// Creates an empty database on the test server; returns its URL and a handle to drop it.

@@ -4,7 +4,9 @@ mod helpers;
 
 mod cli;
 mod corpus;
+mod dovecot;
 mod fixtures;
+mod imap;
 mod pipeline;
 mod postfix;
 mod robustness;
