@@ -54,8 +54,12 @@ type Imap = Session<TcpStream>;
 /// A private Dovecot instance: plain IMAP on `127.0.0.1:port`, everything else in a temp
 /// dir that lives as long as this value. Dropping it stops the server.
 pub struct Dovecot {
-    /// The IMAP port on 127.0.0.1 (no TLS; LOGIN and AUTHENTICATE PLAIN/LOGIN work).
+    /// The IMAP port on 127.0.0.1 (LOGIN and AUTHENTICATE PLAIN/LOGIN/XOAUTH2 work; the
+    /// XOAUTH2 bearer token is checked as the user's password; STARTTLS with `start_tls`).
     pub port: u16,
+    /// With `start_tls`: the implicit-TLS (imaps) port, and the CA that signed the server's
+    /// certificate (for 127.0.0.1 and localhost).
+    pub tls: Option<(u16, PathBuf)>,
     dir: tempfile::TempDir,
     /// The `dovecot -F` master process while the server runs.
     child: Option<Child>,
@@ -65,6 +69,16 @@ impl Dovecot {
     /// Starts a private Dovecot serving `users` (address, password) on a free port of
     /// 127.0.0.1 and waits until it greets; panics with its log when it does not.
     pub async fn start(users: &[(&str, &str)]) -> Dovecot {
+        Self::start_with(users, false).await
+    }
+
+    /// Like `start`, with TLS: STARTTLS on `port` and implicit TLS on a second port, under a
+    /// certificate from a private CA made with `openssl` for this instance.
+    pub async fn start_tls(users: &[(&str, &str)]) -> Dovecot {
+        Self::start_with(users, true).await
+    }
+
+    async fn start_with(users: &[(&str, &str)], tls: bool) -> Dovecot {
         let dir = tempfile::Builder::new()
             .prefix("dovecot-test-")
             .tempdir()
@@ -89,10 +103,21 @@ impl Dovecot {
         }
         write_readable(&dir.path().join("users"), lines.as_bytes());
         let port = free_port();
-        let config = config(dir.path(), port, &owner);
+        let tls = tls.then(|| (free_port(), make_certificates(dir.path())));
+        let mut config = config(dir.path(), port, &owner);
+        if let Some((tls_port, _)) = &tls {
+            let d = dir.path().display();
+            config = config
+                .replace("ssl = no\n", &format!("ssl = yes\nssl_cert = <{d}/server.pem\nssl_key = <{d}/server.key\n"))
+                .replace(
+                    "  inet_listener imaps {\n    port = 0\n  }",
+                    &format!("  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {tls_port}\n    ssl = yes\n  }}"),
+                );
+        }
         write_readable(&dir.path().join("dovecot.conf"), config.as_bytes());
         let mut dovecot = Dovecot {
             port,
+            tls,
             dir,
             child: None,
         };
@@ -741,7 +766,7 @@ listen = 127.0.0.1
 protocols = imap
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2
 auth_verbose = yes
 default_internal_user = {internal_user}
 default_internal_group = {internal_group}
@@ -784,6 +809,77 @@ service imap-login {{
 }}
 {no_chroot}"#
     )
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and localhost, in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`); returns the CA's path.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    // Dovecot reads the key as root before dropping privileges; keep it private anyway.
+    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+        .expect("chmod server.key");
+    dir.join("ca.pem")
 }
 
 /// The passwd-file line of a user.

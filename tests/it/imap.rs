@@ -731,3 +731,95 @@ fn imap_lease_with_two_instances_on_postgres() {
         gw.cleanup().await;
     });
 }
+
+/// STARTTLS and implicit TLS against a server whose certificate a private CA signed
+/// (`ca_file`), and XOAUTH2 with the bearer token printed by `oauth2_token_command`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_tls_modes_and_xoauth2() {
+    // Dovecot checks an XOAUTH2 bearer token against the user's passdb entry.
+    const TOKEN: &str = "ya29.test-bearer-token";
+    let dovecot = Dovecot::start_tls(&[SUPPORT, ("help@globex.test", TOKEN)]).await;
+    let (tls_port, ca) = dovecot.tls.clone().expect("TLS instance");
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let mut starttls = source(&gw.store, "acme.test", "support", &dovecot, SUPPORT).await;
+    starttls.config.tls = "starttls".into();
+    starttls.config.ca_file = ca.display().to_string();
+    let mut implicit = source(&gw.store, "globex.test", "help", &dovecot, HELP).await;
+    implicit.config.tls = "implicit".into();
+    implicit.config.port = tls_port;
+    implicit.config.host = "localhost".into();
+    implicit.config.ca_file = ca.display().to_string();
+    implicit.config.user = "help@globex.test".into();
+    implicit.config.password = String::new();
+    implicit.config.oauth2_token_command = format!("printf '%s\\n' '{TOKEN}'");
+
+    dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &mail("t@customer.test", "over starttls"),
+        )
+        .await;
+    dovecot
+        .append(
+            "help@globex.test",
+            TOKEN,
+            "INBOX",
+            &mail("o@customer.test", "over xoauth2"),
+        )
+        .await;
+    let run = start(
+        &gw,
+        vec![starttls.clone(), implicit.clone()],
+        "one",
+        global(30),
+    );
+    expect_subjects(
+        &gw.store,
+        "acme.test",
+        &["over starttls"],
+        Duration::from_secs(20),
+    )
+    .await;
+    expect_subjects(
+        &gw.store,
+        "globex.test",
+        &["over xoauth2"],
+        Duration::from_secs(20),
+    )
+    .await;
+    run.stop().await;
+
+    // Without the private CA the certificate is refused: no plaintext fallback.
+    let mut untrusted = starttls;
+    untrusted.config.ca_file = String::new();
+    let run = start(&gw, vec![untrusted], "one", global(30));
+    run.wait_state("acme.test/support", "failing", Duration::from_secs(20))
+        .await;
+    let status = run.status.snapshot();
+    let err = status["acme.test/support"]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(err.contains("TLS"), "the failure names TLS: {err}");
+    run.stop().await;
+
+    // A token command that fails is reported as such.
+    let mut broken = implicit;
+    broken.config.oauth2_token_command = "echo 'token service down' >&2; exit 3".into();
+    let run = start(&gw, vec![broken], "one", global(30));
+    run.wait_state("globex.test/help", "failing", Duration::from_secs(20))
+        .await;
+    let status = run.status.snapshot();
+    let err = status["globex.test/help"]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        err.contains("oauth2_token_command") && err.contains("token service down"),
+        "the failure names the command and its message: {err}"
+    );
+    run.stop().await;
+    gw.cleanup().await;
+}

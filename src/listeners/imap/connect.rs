@@ -151,6 +151,12 @@ async fn login(
         .await;
     }
     let password = password(cfg, timeout).await?;
+    // A line break would end the LOGIN command early and start another.
+    if password.contains(['\r', '\n', '\0']) || cfg.user.contains(['\r', '\n', '\0']) {
+        return Err(ImapError::Secret(
+            "the user name or password contains a line break or NUL".into(),
+        ));
+    }
     within(timeout, "LOGIN", async {
         client
             .login(&cfg.user, &password)
