@@ -220,6 +220,31 @@ fn deliver_exit_codes() {
 fn bad_configuration_names_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = sqlite_url(dir.path());
+    let imap = |extra: &str| {
+        format!(
+            "[[organizations]]\nname = \"A\"\ndomains = [\"a.test\"]\n[[organizations.inboxes]]\nemail_prefix = \"support\"\nname = \"S\"\n[organizations.inboxes.imap]\nhost = \"127.0.0.1\"\nuser = \"u\"\n{extra}"
+        )
+    };
+    let imap_cases = [
+        (
+            imap("tls = \"ssl\"\n"),
+            "organizations[0].inboxes[0].imap.tls",
+        ),
+        (
+            imap("after = \"archive\"\n"),
+            "organizations[0].inboxes[0].imap.after",
+        ),
+        (
+            imap("password = \"x\"\npassword_command = \"pass show x\"\n"),
+            "organizations[0].inboxes[0].imap.password",
+        ),
+        (
+            imap("batch_size = 0\n"),
+            "organizations[0].inboxes[0].imap.batch_size",
+        ),
+        (imap("fodler = \"INBOX\"\n"), "fodler"),
+        ("[imap]\nlease_secs = 1\n".to_string(), "imap.lease_secs"),
+    ];
     let cases: [(&str, &str); 5] = [
         ("[smtp]\nlisen = \"127.0.0.1:25\"\n", "lisen"),
         ("[http]\nlisten = \"not an address\"\n", "http.listen"),
@@ -233,9 +258,13 @@ fn bad_configuration_names_the_key() {
             "max_message_bytes",
         ),
     ];
-    for (toml, key) in cases {
+    let all = cases
+        .iter()
+        .map(|(t, k)| (t.to_string(), *k))
+        .chain(imap_cases);
+    for (toml, key) in all {
         let path = dir.path().join("bad.toml");
-        std::fs::write(&path, toml).expect("write");
+        std::fs::write(&path, &toml).expect("write");
         let mut c = gateway(dir.path(), &url);
         // The environment would override database.url; here the file must speak.
         c.env_remove("INITDESK_DATABASE_URL")

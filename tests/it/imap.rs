@@ -823,3 +823,40 @@ async fn imap_tls_modes_and_xoauth2() {
     run.stop().await;
     gw.cleanup().await;
 }
+
+/// IDLE is ended and issued again every `idle_refresh_secs` (servers drop it after 30
+/// minutes); mail keeps arriving across the refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_idle_is_reissued() {
+    let dovecot = Dovecot::start(&[SUPPORT]).await;
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let mut src = source(&gw.store, "acme.test", "support", &dovecot, SUPPORT).await;
+    src.config.idle_refresh_secs = 1;
+    let run = start(&gw, vec![src], "one", global(30));
+    run.wait_state("acme.test/support", "idle", Duration::from_secs(10))
+        .await;
+    // Several refreshes go by.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let status = run.status.snapshot();
+    assert!(
+        status["acme.test/support"].last_error.is_none(),
+        "no failure across refreshes: {status:?}"
+    );
+    dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &mail("i@customer.test", "after refreshes"),
+        )
+        .await;
+    expect_subjects(
+        &gw.store,
+        "acme.test",
+        &["after refreshes"],
+        Duration::from_secs(10),
+    )
+    .await;
+    run.stop().await;
+    gw.cleanup().await;
+}
