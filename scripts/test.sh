@@ -201,6 +201,8 @@ ensure_postgres
 
 # Where Debian's dovecot-imapd puts the IMAP server processes.
 DOVECOT_IMAP_LOGIN=/usr/lib/dovecot/imap-login
+# ... and dovecot-lmtpd its LMTP server (the outbound tests deliver customers' mail with it).
+DOVECOT_LMTP=/usr/lib/dovecot/lmtp
 
 # The pid of the system instance (base_dir /run/dovecot), if one runs.
 dovecot_system_pid() {
@@ -211,13 +213,15 @@ dovecot_system_pid() {
 
 ensure_dovecot() {
     local installed_dovecot=0 pid waited
-    if ! have_sbin dovecot || ! have doveadm || [[ ! -x "$DOVECOT_IMAP_LOGIN" ]]; then
-        apt_install dovecot-core dovecot-imapd
+    if ! have_sbin dovecot || ! have doveadm || [[ ! -x "$DOVECOT_IMAP_LOGIN" ]] || [[ ! -x "$DOVECOT_LMTP" ]]; then
+        apt_install dovecot-core dovecot-imapd dovecot-lmtpd
         installed_dovecot=1
     fi
     if ! have_sbin dovecot || ! have doveadm; then
         die "dovecot is still missing after installing it (apt-get install dovecot-core dovecot-imapd)"
     fi
+    [[ -x "$DOVECOT_LMTP" ]] ||
+        die "Dovecot's LMTP server is still missing after installing it (apt-get install dovecot-lmtpd)"
     [[ -x "$DOVECOT_IMAP_LOGIN" ]] ||
         die "Dovecot's IMAP server is still missing after installing it (apt-get install dovecot-imapd)"
     # Should the package have started its own instance (where policy-rc.d lets it), it is

@@ -110,10 +110,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     accept_loops.close();
 
     tracing::info!(addr = %http.local_addr()?, "HTTP listening");
+    // The outbox sender: one per instance; instances share the outbox through the database.
+    let sender = crate::outbox::Sender::new(
+        store.clone(),
+        pipeline.blobs().clone(),
+        pipeline.tokens().clone(),
+        crate::outbox::SenderSettings {
+            relay: config.outbound.relay.clone(),
+            hello_name: config.smtp.hostname.clone(),
+            max_attempts: config.outbound.max_attempts,
+            retry_base: Duration::from_secs(config.outbound.retry_base_secs),
+            concurrency: config.outbound.concurrency,
+            holder: crate::listeners::imap::instance_name(&config.imap.instance_id),
+        },
+    )
+    .context("setting up the outbound relay")?;
+    let outbox_wake = sender.waker();
+    let sender_stop = CancellationToken::new();
+    let sender_task = tokio::spawn(sender.run(sender_stop.clone()));
+
     let router = crate::api::router(crate::api::AppState {
         pipeline: pipeline.clone(),
         metrics,
         imap: imap_status,
+        public_url: config.http.public_url.clone(),
+        max_upload_bytes: usize::try_from(config.smtp.max_message_bytes).unwrap_or(usize::MAX),
+        outbox_wake: Some(outbox_wake),
     });
     let http_stop = stopping.clone();
     let http_task = tokio::spawn(async move {
@@ -152,6 +174,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     drop(services);
     let _ = committer.await;
     let _ = http_task.await;
+    // Sends in progress finish (bounded by the relay timeout); the rest wait in the outbox.
+    sender_stop.cancel();
+    if tokio::time::timeout(grace, sender_task).await.is_err() {
+        tracing::warn!("the outbox sender did not stop within the grace period");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

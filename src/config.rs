@@ -114,6 +114,12 @@ pub struct OutboundConfig {
     pub relay: String,
     /// HMAC key for reply tokens; created when missing.
     pub secret_file: PathBuf,
+    /// Attempts before an outgoing message is given up on (marked failed, noted on its ticket).
+    pub max_attempts: u32,
+    /// Seconds before the first retry; each later one doubles, up to an hour.
+    pub retry_base_secs: u64,
+    /// Messages sent at once, and pooled relay connections.
+    pub concurrency: usize,
 }
 
 /// `[limits]`: bounds on what one message may make the parser do (SPEC 2.8).
@@ -316,6 +322,9 @@ impl Default for OutboundConfig {
         Self {
             relay: "smtp://127.0.0.1:25".into(),
             secret_file: PathBuf::from("data/secret"),
+            max_attempts: 8,
+            retry_base_secs: 30,
+            concurrency: 8,
         }
     }
 }
@@ -370,6 +379,18 @@ impl Config {
             || url.starts_with("postgresql://"))
         {
             return bad("database.url", "must start with sqlite:// or postgres://");
+        }
+        if self.outbound.max_attempts == 0 {
+            return bad("outbound.max_attempts", "must be at least 1");
+        }
+        if self.outbound.concurrency == 0 || self.outbound.concurrency > 256 {
+            return bad("outbound.concurrency", "must be between 1 and 256");
+        }
+        if !["smtp://", "smtps://"]
+            .iter()
+            .any(|p| self.outbound.relay.starts_with(p))
+        {
+            return bad("outbound.relay", "must be an smtp:// or smtps:// URL");
         }
         if self.imap.lease_secs < 2 {
             return bad("imap.lease_secs", "must be at least 2");

@@ -5,6 +5,7 @@
 //! same pipeline that the listeners do.
 
 pub mod address;
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod intake;
 pub mod listeners;
 pub mod ops;
+pub mod outbox;
 pub mod pipeline;
 pub mod replay;
 pub mod store;

@@ -8,6 +8,13 @@ use serde_json::{Value, json};
 use super::AppState;
 
 /// Liveness: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`"))
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -15,6 +22,16 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness: the database answers; 503 with the reason when it does not. Each IMAP
 /// mailbox's state is listed; a failing mailbox does not make the instance unready, since
 /// the listeners and the other mailboxes still work (it shows in `imap_failing`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready: the database answers; each IMAP mailbox's state"),
+        (status = 503, description = "Not ready, with the reason"),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mailboxes = state.imap.snapshot();
     let failing = mailboxes.values().filter(|m| m.state == "failing").count();
@@ -34,6 +51,16 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 /// Prometheus text exposition of the gateway's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 503, description = "Metrics are not being recorded"),
+    )
+)]
 pub async fn metrics(
     State(state): State<AppState>,
 ) -> (

@@ -6,10 +6,13 @@
 pub mod blobs;
 pub mod imap;
 pub mod orgs;
+pub mod outbox;
 pub mod quarantine;
 pub mod raw;
+pub mod replies;
 pub mod scratch;
 pub mod tickets;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -49,7 +49,7 @@ pub struct Ticket {
     pub updated_at: DateTime<Utc>,
 }
 
-const TICKET_COLUMNS: &str = "id, organization_id, public_id, inbox_id, customer_id, assignee_id, subject, status, waiting_on, classification, is_spam, origin, description, description_html, external_recipient_emails, tags, language, has_attachments, customer_visible_reply_count, created_by_role, created_by_user_id, summary, sentiment_analysis_class, csat_rating, csat_comment, closed_at, created_at, updated_at";
+pub(crate) const TICKET_COLUMNS: &str = "id, organization_id, public_id, inbox_id, customer_id, assignee_id, subject, status, waiting_on, classification, is_spam, origin, description, description_html, external_recipient_emails, tags, language, has_attachments, customer_visible_reply_count, created_by_role, created_by_user_id, summary, sentiment_analysis_class, csat_rating, csat_comment, closed_at, created_at, updated_at";
 
 /// A message row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -85,7 +85,7 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
 }
 
-const MESSAGE_COLUMNS: &str = "id, organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name, content, content_html, is_visible_to_customer, external_recipient_emails, subject, message_id_header, in_reply_to, references_header, reply_to, threaded_by, thread_note, auth_results, is_auto_reply, spam_reason, processing_notes, language, raw_sha256, delivery_state, created_at, updated_at";
+pub(crate) const MESSAGE_COLUMNS: &str = "id, organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name, content, content_html, is_visible_to_customer, external_recipient_emails, subject, message_id_header, in_reply_to, references_header, reply_to, threaded_by, thread_note, auth_results, is_auto_reply, spam_reason, processing_notes, language, raw_sha256, delivery_state, created_at, updated_at";
 
 /// An attachment row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -197,6 +197,44 @@ pub async fn set_customer_spam(
     Ok(())
 }
 
+/// Changes a customer's name and/or spam flag (the fields the API may PATCH); true when the
+/// customer exists in the organization.
+pub async fn update_customer(
+    tx: &mut Tx,
+    org_id: i64,
+    customer_id: i64,
+    name: Option<&str>,
+    is_spam: Option<bool>,
+) -> Result<bool, StoreError> {
+    let rows = with_tx!(tx, |c| sqlx::query(
+        "UPDATE customers SET name = COALESCE($3, name), is_spam = COALESCE($4, is_spam), updated_at = $5
+         WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(name.map(clean_text))
+    .bind(is_spam)
+    .bind(now())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows > 0)
+}
+
+/// Clears a ticket's assignee and nothing else (SPEC 4); true when the ticket exists.
+pub async fn unassign_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64) -> Result<bool, StoreError> {
+    let rows = with_tx!(tx, |c| sqlx::query(
+        "UPDATE tickets SET assignee_id = NULL, updated_at = $3 WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(ticket_id)
+    .bind(now())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows > 0)
+}
+
 /// A ticket by primary key within an organization.
 pub async fn ticket_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<Ticket>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
@@ -250,6 +288,49 @@ pub async fn list_messages(
         .bind(ticket_id)
         .fetch_all(c)
         .await)?)
+}
+
+/// Messages by id within an organization, in id order.
+pub async fn messages_by_ids(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[i64],
+) -> Result<Vec<Message>, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND id = $2");
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<Message> = with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(c)
+            .await)?;
+        out.extend(row);
+    }
+    out.sort_by_key(|m| m.id);
+    Ok(out)
+}
+
+/// The ticket of message `message_id` and that ticket's messages (oldest first).
+pub async fn thread_of(
+    tx: &mut Tx,
+    org_id: i64,
+    message_id: i64,
+) -> Result<Option<(Ticket, Vec<Message>)>, StoreError> {
+    let ticket_id: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT ticket_id FROM messages WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(message_id)
+    .fetch_optional(c)
+    .await)?;
+    let Some(ticket_id) = ticket_id else {
+        return Ok(None);
+    };
+    let Some(ticket) = ticket_by_id(tx, org_id, ticket_id).await? else {
+        return Ok(None);
+    };
+    let messages = list_messages(tx, org_id, ticket_id).await?;
+    Ok(Some((ticket, messages)))
 }
 
 /// The attachments of a message.
@@ -595,6 +676,36 @@ pub async fn insert_attachment(tx: &mut Tx, a: &NewAttachment<'_>) -> Result<(),
     .bind(a.sha256)
     .bind(clean_text(a.content_id))
     .bind(a.is_inline)
+    .bind(now())
+    .execute(c)
+    .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// Inserts an attachment uploaded through the API, not yet on any ticket or message (its
+/// bytes are durable in the blob store already).
+pub async fn insert_uploaded_attachment(
+    tx: &mut Tx,
+    org_id: i64,
+    id: &str,
+    name: &str,
+    content_type: &str,
+    size: i64,
+    sha256: &str,
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO attachments (id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline, created_at)
+         VALUES ($1, $2, NULL, NULL, $3, $4, $5, $6, '', FALSE, $7)"
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(clean_text(name))
+    .bind(clean_text(content_type))
+    .bind(size)
+    .bind(sha256)
     .bind(now())
     .execute(c)
     .await

@@ -60,6 +60,9 @@ pub struct Dovecot {
     /// With `start_tls`: the implicit-TLS (imaps) port, and the CA that signed the server's
     /// certificate (for 127.0.0.1 and localhost).
     pub tls: Option<(u16, PathBuf)>,
+    /// Dovecot's LMTP port on 127.0.0.1: mail for a user handed here lands in their INBOX
+    /// (what a mail server in front of the customers' mailboxes does).
+    pub lmtp_port: u16,
     dir: tempfile::TempDir,
     /// The `dovecot -F` master process while the server runs.
     child: Option<Child>,
@@ -105,6 +108,11 @@ impl Dovecot {
         let port = free_port();
         let tls = tls.then(|| (free_port(), make_certificates(dir.path())));
         let mut config = config(dir.path(), port, &owner);
+        let lmtp_port = free_port();
+        config = config.replace("protocols = imap\n", "protocols = imap lmtp\n");
+        config.push_str(&format!(
+            "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {lmtp_port}\n  }}\n}}\n"
+        ));
         if let Some((tls_port, _)) = &tls {
             let d = dir.path().display();
             config = config
@@ -118,6 +126,7 @@ impl Dovecot {
         let mut dovecot = Dovecot {
             port,
             tls,
+            lmtp_port,
             dir,
             child: None,
         };

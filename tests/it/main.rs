@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod api;
 mod cli;
 mod corpus;
 mod dovecot;
@@ -10,4 +11,5 @@ mod imap;
 mod pipeline;
 mod postfix;
 mod robustness;
+mod roundtrip;
 mod smtp;

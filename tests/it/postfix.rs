@@ -53,7 +53,7 @@ domains = ["globex.test"]
 // --- small helpers ---------------------------------------------------------------------
 
 /// A free port on 127.0.0.1 (bound then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -112,7 +112,7 @@ fn require_root() {
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
-fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
@@ -125,7 +125,7 @@ fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(
@@ -146,12 +146,13 @@ fn tail(s: &str, n: usize) -> String {
 // --- the gateway -----------------------------------------------------------------------
 
 /// `initdesk-gateway serve` as a child process with its own data dir, config and ports.
-struct Gateway {
+pub(crate) struct Gateway {
     dir: tempfile::TempDir,
     child: Option<Child>,
     db_url: String,
-    smtp_port: u16,
+    pub(crate) smtp_port: u16,
     lmtp_port: u16,
+    pub(crate) http_port: u16,
     log: PathBuf,
 }
 
@@ -159,6 +160,11 @@ impl Gateway {
     /// Starts the gateway on SQLite in its temp dir, or on `postgres_url`, and waits until
     /// it answers /readyz.
     fn start(postgres_url: Option<&str>) -> Gateway {
+        Self::start_with(postgres_url, &[])
+    }
+
+    /// Like `start`, with more environment settings (`INITDESK_OUTBOUND_RELAY`, ...).
+    pub(crate) fn start_with(postgres_url: Option<&str>, env: &[(&str, String)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let db_url = match postgres_url {
             Some(url) => url.to_string(),
@@ -184,6 +190,7 @@ impl Gateway {
             )
             .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -198,6 +205,7 @@ impl Gateway {
             db_url,
             smtp_port,
             lmtp_port,
+            http_port,
             log,
         };
         let ready = wait_for(Duration::from_secs(30), || {
@@ -215,7 +223,23 @@ impl Gateway {
         gw
     }
 
-    fn log(&self) -> String {
+    /// The id of the organization owning `domain`, and a new API token for it.
+    pub(crate) async fn org_token(&self, domain: &str) -> (i64, String) {
+        let store = store::open(&self.db_url, 1)
+            .await
+            .unwrap_or_else(|e| panic!("opening the gateway's database: {e}"));
+        let mut tx = store.begin().await.expect("begin");
+        let org = orgs::org_for_domain(&mut tx, domain)
+            .await
+            .expect("org")
+            .unwrap_or_else(|| panic!("no organization for {domain}"));
+        let token = orgs::create_token(&mut tx, org.id).await.expect("token");
+        tx.commit().await.expect("commit");
+        store.close().await;
+        (org.id, token)
+    }
+
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -259,10 +283,10 @@ enum Next {
 
 /// A private Postfix instance: its own config, queue and data directories in a temp dir,
 /// one smtpd on 127.0.0.1:`port`, relaying acme.test and globex.test to the gateway.
-struct Postfix {
+pub(crate) struct Postfix {
     dir: tempfile::TempDir,
     config_dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     running: bool,
 }
 
@@ -270,6 +294,21 @@ const RELAY_DOMAINS: [&str; 2] = ["acme.test", "globex.test"];
 
 impl Postfix {
     fn start(next: Next) -> Postfix {
+        let nexthop = match next {
+            Next::Smtp(p) => format!("smtp:[127.0.0.1]:{p}"),
+            Next::Lmtp(p) => format!("lmtp:inet:127.0.0.1:{p}"),
+        };
+        Self::start_routes(
+            &RELAY_DOMAINS
+                .iter()
+                .map(|d| (d.to_string(), nexthop.clone()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// A private Postfix relaying each `(domain, nexthop)`; `nexthop` as in a transport map
+    /// (`smtp:[127.0.0.1]:2525`, `lmtp:inet:127.0.0.1:24`). It listens on `self.port`.
+    pub(crate) fn start_routes(routes: &[(String, String)]) -> Postfix {
         require_root();
         let postfix = tool("postfix");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -285,13 +324,14 @@ impl Postfix {
         // start` then creates its subdirectories, and data_directory, with the right owners.
         fs::create_dir_all(root.join("queue")).expect("mkdir queue");
         let port = free_port();
-        let nexthop = match next {
-            Next::Smtp(p) => format!("smtp:[127.0.0.1]:{p}"),
-            Next::Lmtp(p) => format!("lmtp:inet:127.0.0.1:{p}"),
-        };
-        let transport = RELAY_DOMAINS
+        let transport = routes
             .iter()
-            .map(|d| format!("{d}={nexthop}"))
+            .map(|(d, nexthop)| format!("{d}={nexthop}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let relay_domains = routes
+            .iter()
+            .map(|(d, _)| d.as_str())
             .collect::<Vec<_>>()
             .join(", ");
         let main_cf = format!(
@@ -324,7 +364,7 @@ biff = no
 ",
             config = config_dir.display(),
             root = root.display(),
-            relay = RELAY_DOMAINS.join(", "),
+            relay = relay_domains,
         );
         // No chroot anywhere: the temp dir has no copies of /etc files.
         let master_cf = format!(
@@ -401,7 +441,7 @@ postlog    unix-dgram n - n - 1 postlogd
         pf
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 

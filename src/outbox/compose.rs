@@ -1,0 +1,222 @@
+//! Turns a stored outgoing message into a threaded email (SPEC 3).
+
+use lettre::address::Envelope;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::{Address, Message};
+
+use crate::pipeline::thread::ReplyTokens;
+use crate::store::blobs::BlobStore;
+use crate::store::tickets::{self, Message as Row};
+use crate::store::{StoreError, Tx, orgs, parse_json_list};
+
+/// Why a message cannot be composed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Nothing to retry: the data cannot make a mail (no recipient, a bad address).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An email ready for the relay.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub envelope: Envelope,
+    pub message: Message,
+}
+
+/// Most Message-IDs carried in References: the first (the thread's root) and the latest.
+const MAX_REFERENCES: usize = 20;
+
+/// Builds the mail for outgoing message `message_id` of organization `org_id`.
+pub async fn compose(
+    tx: &mut Tx,
+    blobs: &dyn BlobStore,
+    tokens: &ReplyTokens,
+    org_id: i64,
+    message_id: i64,
+) -> Result<Outgoing, ComposeError> {
+    let thread = tickets::thread_of(tx, org_id, message_id)
+        .await?
+        .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} does not exist")))?;
+    let (ticket, messages) = thread;
+    let row = messages
+        .iter()
+        .find(|m| m.id == message_id)
+        .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} is not on its ticket")))?
+        .clone();
+    let org = orgs::get_org(tx, org_id)
+        .await?
+        .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} does not exist")))?;
+    let inbox = orgs::inbox_by_id(tx, ticket.inbox_id)
+        .await?
+        .ok_or_else(|| ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id)))?;
+    let customer = tickets::customer_by_id(tx, org_id, ticket.customer_id)
+        .await?
+        .ok_or_else(|| ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id)))?;
+    let domain = org
+        .domains
+        .first()
+        .cloned()
+        .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} has no domain")))?;
+
+    let own = |local: &str| -> Result<Address, ComposeError> {
+        Address::new(local, &domain).map_err(|e| ComposeError::Invalid(format!("{local}@{domain}: {e}")))
+    };
+    let from = Mailbox::new(Some(one_line(&inbox.name)), own(&inbox.email_prefix)?);
+    let reply_to = Mailbox::new(
+        Some(one_line(&inbox.name)),
+        own(&format!(
+            "{}+{}",
+            inbox.email_prefix,
+            tokens.reply_detail(org_id, ticket.id)
+        ))?,
+    );
+    let bounce = own(&format!(
+        "{}+{}",
+        inbox.email_prefix,
+        tokens.bounce_detail(org_id, message_id)
+    ))?;
+    let to_addr: Address = customer
+        .email
+        .parse()
+        .map_err(|e| ComposeError::Invalid(format!("requester {:?}: {e}", customer.email)))?;
+    let to = Mailbox::new(non_empty(one_line(&customer.name)), to_addr.clone());
+    // Cc: the message's snapshot minus the requester and our own addresses; an address
+    // that does not parse is left out rather than failing the whole reply.
+    let own_domains: Vec<String> = org.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+    let mut cc: Vec<Mailbox> = Vec::new();
+    for raw in parse_json_list(&row.external_recipient_emails) {
+        let Ok(addr) = one_line(&raw).parse::<Address>() else {
+            continue;
+        };
+        let same_as_requester = addr.to_string().eq_ignore_ascii_case(&to_addr.to_string());
+        let ours = own_domains.contains(&addr.domain().to_ascii_lowercase());
+        if !same_as_requester && !ours && !cc.iter().any(|m| m.email == addr) {
+            cc.push(Mailbox::new(None, addr));
+        }
+    }
+
+    let tag = if org.subject_tag_prefix.is_empty() {
+        format!("[#{}]", ticket.public_id)
+    } else {
+        format!("[{} #{}]", org.subject_tag_prefix, ticket.public_id)
+    };
+    let subject = if row.subject.is_empty() {
+        format!("Re: {} {tag}", one_line(&ticket.subject))
+    } else {
+        one_line(&row.subject)
+    };
+
+    // Threading: In-Reply-To the latest earlier message with an id, References the root and
+    // the most recent ones.
+    let earlier: Vec<&Row> = messages
+        .iter()
+        .filter(|m| m.id < row.id && m.message_id_header.is_some())
+        .collect();
+    let ids: Vec<String> = earlier
+        .iter()
+        .filter_map(|m| m.message_id_header.clone())
+        .collect();
+    let references: Vec<String> = if ids.len() > MAX_REFERENCES {
+        let mut r = vec![ids[0].clone()];
+        r.extend(ids[ids.len() - (MAX_REFERENCES - 1)..].iter().cloned());
+        r
+    } else {
+        ids.clone()
+    };
+
+    let own_id = row
+        .message_id_header
+        .clone()
+        .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} has no Message-ID")))?;
+    let mut builder = Message::builder()
+        .from(from)
+        .reply_to(reply_to)
+        .to(to.clone())
+        .subject(subject)
+        .message_id(Some(format!("<{}>", one_line(&own_id))));
+    for m in cc.iter().cloned() {
+        builder = builder.cc(m);
+    }
+    if let Some(last) = ids.last() {
+        builder = builder.in_reply_to(format!("<{}>", one_line(last)));
+    }
+    if !references.is_empty() {
+        builder = builder.references(
+            references
+                .iter()
+                .map(|r| format!("<{}>", one_line(r)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if row.is_auto_reply {
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-replied".into(),
+        ));
+    }
+
+    let mut recipients = vec![to_addr];
+    recipients.extend(cc.iter().map(|m| m.email.clone()));
+    let envelope = Envelope::new(Some(bounce), recipients)
+        .map_err(|e| ComposeError::Invalid(format!("envelope: {e}")))?;
+    builder = builder.envelope(envelope.clone());
+
+    let text = if row.content.trim().is_empty() && !row.content_html.trim().is_empty() {
+        crate::pipeline::parse::html_to_text(&row.content_html, 2 * 1024 * 1024, 256)
+    } else {
+        row.content.clone()
+    };
+    let body = if row.content_html.trim().is_empty() {
+        MultiPart::alternative().singlepart(SinglePart::plain(text))
+    } else {
+        let html = crate::pipeline::parse::sanitize_html(&row.content_html, &Default::default());
+        MultiPart::alternative_plain_html(text, html)
+    };
+    let attachments = tickets::list_attachments(tx, org_id, message_id).await?;
+    let message = if attachments.is_empty() {
+        builder.multipart(body)
+    } else {
+        let mut mixed = MultiPart::mixed().multipart(body);
+        for a in attachments {
+            let bytes = blobs.get(&a.sha256).map_err(StoreError::Io)?;
+            let content_type = ContentType::parse(&a.content_type)
+                .unwrap_or(ContentType::parse("application/octet-stream").map_err(|e| {
+                    ComposeError::Invalid(format!("content type: {e}"))
+                })?);
+            mixed = mixed.singlepart(Attachment::new(one_line(&a.name)).body(bytes, content_type));
+        }
+        builder.multipart(mixed)
+    }
+    .map_err(|e| ComposeError::Invalid(format!("building the message: {e}")))?;
+    Ok(Outgoing { envelope, message })
+}
+
+/// Text for a header: line breaks and other control characters become spaces, so no input
+/// can start a header of its own.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn header_text_has_no_line_breaks() {
+        assert_eq!(one_line("Hi\r\nBcc: x@evil.test"), "Hi  Bcc: x@evil.test");
+        assert_eq!(one_line("a\u{0}b\tc"), "a b c");
+    }
+}

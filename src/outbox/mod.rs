@@ -1,0 +1,299 @@
+//! The sender: drains the durable outbox through the SMTP relay (lettre, pooled
+//! connections), with retries and backoff; the last failure marks the message failed and
+//! notes why on its ticket (SPEC 3).
+
+pub mod compose;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use rand::Rng as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::thread::ReplyTokens;
+use crate::store::blobs::BlobStore;
+use crate::store::outbox::{self, Job};
+use crate::store::tickets::{self, NewMessage};
+use crate::store::{Store, StoreError};
+use compose::ComposeError;
+
+/// How the sender runs.
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    /// lettre URL of the relay: `smtp://host:port`, `smtps://`, `?tls=required`, `user:pass@`.
+    pub relay: String,
+    /// Name given in EHLO.
+    pub hello_name: String,
+    /// Attempts before a message is given up on.
+    pub max_attempts: u32,
+    /// First retry delay; each later one doubles (with jitter), up to an hour.
+    pub retry_base: Duration,
+    /// Messages sent at once (and pooled relay connections).
+    pub concurrency: usize,
+    /// This instance's name on claimed rows.
+    pub holder: String,
+}
+
+/// Why the relay could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("outbound.relay {relay:?}: {reason}")]
+pub struct RelayError {
+    relay: String,
+    reason: String,
+}
+
+/// The outbox sender of one instance.
+#[derive(Clone)]
+pub struct Sender {
+    store: Store,
+    blobs: Arc<dyn BlobStore>,
+    tokens: ReplyTokens,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    settings: SenderSettings,
+    wake: Arc<Notify>,
+}
+
+/// How long a claim lasts; a sender that dies mid-send leaves its rows to others after it.
+const CLAIM_MS: i64 = 5 * 60 * 1000;
+/// How often the outbox is looked at when nothing wakes the sender (retries fall due,
+/// another instance queued something).
+const POLL: Duration = Duration::from_millis(500);
+
+impl Sender {
+    /// A sender over `store`, sending through `settings.relay`.
+    pub fn new(
+        store: Store,
+        blobs: Arc<dyn BlobStore>,
+        tokens: ReplyTokens,
+        settings: SenderSettings,
+    ) -> Result<Sender, RelayError> {
+        let fail = |reason: String| RelayError {
+            relay: crate::cli::redact(&settings.relay),
+            reason,
+        };
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.relay)
+            .map_err(|e| fail(e.to_string()))?
+            .hello_name(ClientId::Domain(settings.hello_name.clone()))
+            .timeout(Some(Duration::from_secs(60)))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(u32::try_from(settings.concurrency.max(1)).unwrap_or(8))
+                    .idle_timeout(Duration::from_secs(60)),
+            )
+            .build();
+        Ok(Sender {
+            store,
+            blobs,
+            tokens,
+            transport,
+            settings,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Wakes the sender at once (after a commit that queued something).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Sends until `stop`; the batch in hand is finished first.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            let jobs = match self.claim().await {
+                Ok(jobs) => {
+                    failures = 0;
+                    jobs
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "outbox: cannot claim messages; retrying");
+                    }
+                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
+            futures_util::stream::iter(jobs)
+                .for_each_concurrent(self.settings.concurrency.max(1), |job| {
+                    let sender = self.clone();
+                    async move { sender.handle(job).await }
+                })
+                .await;
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<Job>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let limit = i64::try_from(self.settings.concurrency.max(1) * 8).unwrap_or(64);
+        let jobs = outbox::claim(&mut tx, &self.settings.holder, CLAIM_MS, limit).await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn handle(&self, job: Job) {
+        let result = match (job.kind.as_str(), job.message_id) {
+            ("email", Some(message_id)) => self.send_email(&job, message_id).await,
+            _ => Err(Failure::Permanent(format!(
+                "unknown outbox item {:?}",
+                job.kind
+            ))),
+        };
+        let recorded = match result {
+            Ok(()) => self.record_sent(&job).await,
+            Err(Failure::Temporary(reason))
+                if job.attempts < i64::from(self.settings.max_attempts) =>
+            {
+                self.record_retry(&job, &reason).await
+            }
+            Err(Failure::Temporary(reason) | Failure::Permanent(reason)) => {
+                self.record_failed(&job, &reason).await
+            }
+        };
+        if let Err(e) = recorded {
+            // The claim expires and another attempt follows; a relay that already accepted
+            // the message may then get it twice (the Message-ID stays the same).
+            tracing::warn!(outbox_id = job.id, error = %e, "outbox: cannot record the result of a send");
+        }
+    }
+
+    async fn send_email(&self, job: &Job, message_id: i64) -> Result<(), Failure> {
+        let composed = {
+            let mut tx = self
+                .store
+                .begin_read()
+                .await
+                .map_err(|e| Failure::Temporary(e.to_string()))?;
+            let composed = compose::compose(
+                &mut tx,
+                self.blobs.as_ref(),
+                &self.tokens,
+                job.organization_id,
+                message_id,
+            )
+            .await;
+            let _ = tx.rollback().await;
+            composed.map_err(|e| match e {
+                ComposeError::Store(e) if e.is_transient() => Failure::Temporary(e.to_string()),
+                e => Failure::Permanent(e.to_string()),
+            })?
+        };
+        let sent = self.transport.send(composed.message).await;
+        match sent {
+            Ok(_) => {
+                metrics::counter!("initdesk_outbox_sent_total", "kind" => "email").increment(1);
+                Ok(())
+            }
+            Err(e) if e.is_permanent() => Err(Failure::Permanent(format!("the relay refused it: {e}"))),
+            Err(e) => Err(Failure::Temporary(format!("relay: {e}"))),
+        }
+    }
+
+    async fn record_sent(&self, job: &Job) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        outbox::mark_sent(&mut tx, job.organization_id, job.id).await?;
+        if let Some(message_id) = job.message_id {
+            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "sent").await?;
+        }
+        tx.commit().await
+    }
+
+    async fn record_retry(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
+        let delay = backoff(self.settings.retry_base, job.attempts);
+        tracing::info!(outbox_id = job.id, attempt = job.attempts, retry_in_secs = delay.as_secs(), reason, "outbox: send failed; will retry");
+        metrics::counter!("initdesk_outbox_retries_total").increment(1);
+        let next = outbox::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut tx = self.store.begin().await?;
+        outbox::retry_later(&mut tx, job.organization_id, job.id, next, reason).await?;
+        if let Some(message_id) = job.message_id {
+            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "retrying")
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn record_failed(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
+        tracing::warn!(outbox_id = job.id, attempts = job.attempts, reason, "outbox: giving up");
+        metrics::counter!("initdesk_outbox_failed_total", "kind" => job.kind.clone()).increment(1);
+        let mut tx = self.store.begin().await?;
+        outbox::mark_failed(&mut tx, job.organization_id, job.id, reason).await?;
+        if let Some(message_id) = job.message_id
+            && let Some((ticket_id, _)) =
+                tickets::outbound_message(&mut tx, job.organization_id, message_id).await?
+        {
+            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "failed")
+                .await?;
+            let note = format!(
+                "Delivery of message {message_id} failed after {} attempt(s): {reason}",
+                job.attempts
+            );
+            tickets::insert_message(
+                &mut tx,
+                &NewMessage {
+                    organization_id: job.organization_id,
+                    ticket_id,
+                    role: "system",
+                    direction: "internal",
+                    content: &note,
+                    is_visible_to_customer: false,
+                    ..NewMessage::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Why a send did not happen.
+enum Failure {
+    /// Worth another attempt (relay down, 4xx, database busy).
+    Temporary(String),
+    /// Never going to work (5xx, no usable recipient).
+    Permanent(String),
+}
+
+/// `base`, doubling per attempt up to an hour, each drawn between half and all of it.
+fn backoff(base: Duration, attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    let full = base
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(Duration::from_secs(3600));
+    let ms = u64::try_from(full.as_millis()).unwrap_or(u64::MAX).max(2);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let base = Duration::from_secs(30);
+        for (attempt, full) in [(1, 30), (2, 60), (3, 120), (10, 3600), (40, 3600)] {
+            let d = backoff(base, attempt);
+            assert!(
+                d >= Duration::from_secs(full) / 2 && d <= Duration::from_secs(full),
+                "attempt {attempt}: {d:?}"
+            );
+        }
+    }
+}
