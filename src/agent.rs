@@ -31,7 +31,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AgentError {
 }
 
 /// `next_action` of a message create (SPEC 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NextAction {
     #[serde(rename = "")]
@@ -47,7 +47,7 @@ pub enum NextAction {
 }
 
 /// The body of `POST .../tickets/{id}/messages/`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReply {
     #[serde(default)]
@@ -100,16 +100,18 @@ pub async fn reply(
         crate::pipeline::parse::sanitize_html(&req.content_html, &Default::default())
     };
     if req.content.trim().is_empty() && html.trim().is_empty() {
-        return Err(invalid("content", "content or content_html must not be empty"));
+        return Err(invalid(
+            "content",
+            "content or content_html must not be empty",
+        ));
     }
-    let author = match req.author_id {
-        Some(id) => Some(
-            replies::agent_by_id(tx, org_id, id)
-                .await?
-                .ok_or_else(|| invalid("author_id", format!("no agent {id} in this organization")))?,
-        ),
-        None => None,
-    };
+    let author =
+        match req.author_id {
+            Some(id) => Some(replies::agent_by_id(tx, org_id, id).await?.ok_or_else(|| {
+                invalid("author_id", format!("no agent {id} in this organization"))
+            })?),
+            None => None,
+        };
     if let Some(id) = req.next_assignee_id
         && replies::agent_by_id(tx, org_id, id).await?.is_none()
     {
@@ -134,7 +136,9 @@ pub async fn reply(
         snapshot(tx, &org, &ticket, req.external_recipient_emails.as_deref()).await?
     };
 
-    let domain = org.domains.first().cloned().unwrap_or_else(|| "localhost".into());
+    let domain = replies::reply_domain(tx, &org, ticket_id)
+        .await?
+        .unwrap_or_else(|| "localhost".into());
     let message_id_header = visible.then(|| format!("{}@{domain}", uuid::Uuid::now_v7().simple()));
     let (sender_email, sender_name) = author
         .as_ref()
@@ -281,4 +285,132 @@ fn dedup_ci(list: Vec<String>) -> Vec<String> {
         }
     }
     out
+}
+
+/// The body of `POST .../tickets/` (origin `api`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTicketRequest {
+    /// The inbox the ticket belongs to.
+    pub inbox_id: i64,
+    /// The requester; created when new.
+    pub customer_email: String,
+    #[serde(default)]
+    pub customer_name: String,
+    pub subject: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub description_html: String,
+    /// The creation-time CC list; the requester is always kept.
+    #[serde(default)]
+    pub external_recipient_emails: Option<Vec<String>>,
+    #[serde(default)]
+    pub assignee_id: Option<i64>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Opens a ticket for a customer on behalf of an integration; returns its id. No mail is
+/// sent: the first agent reply goes out as usual.
+pub async fn create_ticket(
+    tx: &mut Tx,
+    org_id: i64,
+    req: &NewTicketRequest,
+) -> Result<i64, AgentError> {
+    let org = orgs::get_org(tx, org_id)
+        .await?
+        .ok_or(AgentError::NotFound)?;
+    let inbox = orgs::inbox_by_id(tx, req.inbox_id)
+        .await?
+        .filter(|i| i.organization_id == org_id)
+        .ok_or_else(|| {
+            invalid(
+                "inbox_id",
+                format!("no inbox {} in this organization", req.inbox_id),
+            )
+        })?;
+    let subject = crate::outbox::compose::one_line(&req.subject);
+    if subject.is_empty() {
+        return Err(invalid("subject", "must not be empty"));
+    }
+    if subject.chars().count() > 255 {
+        return Err(invalid("subject", "at most 255 characters"));
+    }
+    let Some(addr) = parse_addr_spec(req.customer_email.trim()) else {
+        return Err(invalid("customer_email", "is not an email address"));
+    };
+    let email = format!("{}@{}", addr.local, addr.domain);
+    let email_norm = crate::address::normalize(&email)
+        .ok_or_else(|| invalid("customer_email", "is not an email address"))?;
+    let name = crate::outbox::compose::one_line(&req.customer_name);
+    if name.chars().count() > 255 {
+        return Err(invalid("customer_name", "at most 255 characters"));
+    }
+    if let Some(id) = req.assignee_id
+        && replies::agent_by_id(tx, org_id, id).await?.is_none()
+    {
+        return Err(invalid(
+            "assignee_id",
+            format!("no agent {id} in this organization"),
+        ));
+    }
+    if req
+        .tags
+        .iter()
+        .any(|t| t.trim().is_empty() || t.chars().count() > 100)
+    {
+        return Err(invalid("tags", "tags must be 1 to 100 characters"));
+    }
+    let customer = tickets::find_or_create_customer(tx, org_id, &email, &email_norm, &name).await?;
+    let mut ccs = Vec::new();
+    for raw in req.external_recipient_emails.iter().flatten() {
+        let Some(a) = parse_addr_spec(raw.trim()) else {
+            return Err(invalid(
+                "external_recipient_emails",
+                format!("{raw:?} is not an email address"),
+            ));
+        };
+        ccs.push(format!("{}@{}", a.local, a.domain));
+    }
+    if !org.cc_email_routing {
+        ccs.clear();
+    }
+    ccs.insert(0, customer.email.clone());
+    let ccs = dedup_ci(ccs);
+    let html = if req.description_html.trim().is_empty() {
+        String::new()
+    } else {
+        crate::pipeline::parse::sanitize_html(&req.description_html, &Default::default())
+    };
+    let (ticket_id, _) = tickets::insert_ticket(
+        tx,
+        &tickets::NewTicket {
+            organization_id: org_id,
+            inbox_id: inbox.id,
+            customer_id: customer.id,
+            subject: &subject,
+            status: "created",
+            waiting_on: "associate",
+            is_spam: customer.is_spam,
+            origin: "api",
+            description: &req.description,
+            description_html: &html,
+            external_recipient_emails: &ccs,
+            language: "",
+            has_attachments: false,
+            created_by_role: "associate",
+            created_by_user_id: None,
+            reply_domain: "",
+        },
+    )
+    .await?;
+    if req.assignee_id.is_some() {
+        replies::set_assignee(tx, org_id, ticket_id, req.assignee_id).await?;
+    }
+    if !req.tags.is_empty() {
+        let tags: Vec<String> = req.tags.iter().map(|t| t.trim().to_string()).collect();
+        replies::set_tags(tx, org_id, ticket_id, &tags).await?;
+    }
+    Ok(ticket_id)
 }

@@ -148,6 +148,8 @@ pub struct PolicyConfig {
     /// Tickets one sender may open in `rate_limit_window_secs` before the next ones are spam.
     pub rate_limit_tickets: i64,
     pub rate_limit_window_secs: i64,
+    /// A sender gets at most one acknowledgement of a new ticket in this many seconds.
+    pub acknowledge_window_secs: i64,
 }
 
 /// `[[organizations]]`: created or updated at start-up.
@@ -345,6 +347,7 @@ impl Default for PolicyConfig {
         Self {
             rate_limit_tickets: 20,
             rate_limit_window_secs: 600,
+            acknowledge_window_secs: 3600,
         }
     }
 }

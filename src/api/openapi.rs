@@ -85,7 +85,8 @@ impl Modify for TokenScheme {
         super::attachments::download,
         super::quarantine::list,
         super::quarantine::reprocess,
-        // Write side: add its handlers here.
+        super::write::create_message,
+        super::write::create_ticket,
     ),
     components(schemas(
         ErrorDetail,

@@ -220,7 +220,11 @@ pub struct TicketFilters {
 /// The ticket routes.
 pub fn routes() -> Router<AppState> {
     let r = Router::new();
-    let r = route_both(r, "/organizations/{org_id}/tickets/", get(list_tickets));
+    let r = route_both(
+        r,
+        "/organizations/{org_id}/tickets/",
+        get(list_tickets).post(super::write::create_ticket),
+    );
     let r = route_both(r, "/organizations/{org_id}/tickets/{pk}/", get(get_ticket));
     let r = route_both(
         r,

@@ -56,9 +56,9 @@ impl From<AgentError> for ApiError {
         ("org_id" = i64, Path, description = "The organization's numeric id"),
         ("ticket_id" = i64, Path, description = "The ticket's id (`pk`)"),
     ),
-    request_body(content = serde_json::Value, description = "content, content_html, is_visible_to_customer (default true), external_recipient_emails (list, or null/absent to copy the previous snapshot), attachment_ids, next_action, next_assignee_id, author_id"),
+    request_body(content = crate::agent::NewReply, description = "A reply (is_visible_to_customer true, the default: stored and queued for sending) or an internal note"),
     responses(
-        (status = 201, body = MessageOut),
+        (status = 201, description = "The stored message", body = MessageOut),
         (status = 400, description = "A bad field, named in the body", body = super::openapi::FieldErrors),
         (status = 401, description = "No token, or a bad one", body = super::openapi::ErrorDetail),
         (status = 404, description = "No such ticket in this organization", body = super::openapi::ErrorDetail),
@@ -81,7 +81,8 @@ pub async fn create_message(
             return Err(e.into());
         }
     };
-    let rows = crate::store::tickets::messages_by_ids(&mut tx, scope.org_id, &[created.message_id]).await;
+    let rows =
+        crate::store::tickets::messages_by_ids(&mut tx, scope.org_id, &[created.message_id]).await;
     let rendered = match rows {
         Ok(rows) => render_messages(&mut tx, scope.org_id, &state.public_url, rows).await,
         Err(e) => Err(e.into()),
@@ -112,4 +113,44 @@ pub async fn create_message(
         None => None,
     };
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Create a ticket (origin `api`).
+#[utoipa::path(
+    post,
+    path = "/organizations/{org_id}/tickets/",
+    tag = "tickets",
+    operation_id = "tickets_create",
+    params(("org_id" = i64, Path, description = "The organization's numeric id")),
+    request_body(content = crate::agent::NewTicketRequest, description = "The ticket to open; no mail is sent"),
+    responses(
+        (status = 201, description = "The new ticket", body = super::tickets::TicketOut),
+        (status = 400, description = "A bad field, named in the body", body = super::openapi::FieldErrors),
+        (status = 401, description = "No token, or a bad one", body = super::openapi::ErrorDetail),
+        (status = 404, description = "Another organization", body = super::openapi::ErrorDetail),
+    ),
+    security(("initdesk_token" = []))
+)]
+pub async fn create_ticket(
+    scope: OrgScope,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<super::tickets::TicketOut>), ApiError> {
+    let req: agent::NewTicketRequest = json_body(&body)?;
+    let mut tx = state.pipeline.store().begin().await?;
+    let result = async {
+        let id = agent::create_ticket(&mut tx, scope.org_id, &req).await?;
+        super::tickets::ticket_view(&mut tx, scope.org_id, &state.public_url, id).await
+    }
+    .await;
+    match result {
+        Ok(out) => {
+            tx.commit().await?;
+            Ok((StatusCode::CREATED, Json(out)))
+        }
+        Err(e) => {
+            tx.discard().await;
+            Err(e)
+        }
+    }
 }

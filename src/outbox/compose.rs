@@ -52,18 +52,21 @@ pub async fn compose(
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} does not exist")))?;
     let inbox = orgs::inbox_by_id(tx, ticket.inbox_id)
         .await?
-        .ok_or_else(|| ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id)))?;
+        .ok_or_else(|| {
+            ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id))
+        })?;
     let customer = tickets::customer_by_id(tx, org_id, ticket.customer_id)
         .await?
-        .ok_or_else(|| ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id)))?;
-    let domain = org
-        .domains
-        .first()
-        .cloned()
+        .ok_or_else(|| {
+            ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id))
+        })?;
+    let domain = crate::store::replies::reply_domain(tx, &org, ticket.id)
+        .await?
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} has no domain")))?;
 
     let own = |local: &str| -> Result<Address, ComposeError> {
-        Address::new(local, &domain).map_err(|e| ComposeError::Invalid(format!("{local}@{domain}: {e}")))
+        Address::new(local, &domain)
+            .map_err(|e| ComposeError::Invalid(format!("{local}@{domain}: {e}")))
     };
     let from = Mailbox::new(Some(one_line(&inbox.name)), own(&inbox.email_prefix)?);
     let reply_to = Mailbox::new(
@@ -92,7 +95,7 @@ pub async fn compose(
         let Ok(addr) = one_line(&raw).parse::<Address>() else {
             continue;
         };
-        let same_as_requester = addr.to_string().eq_ignore_ascii_case(&to_addr.to_string());
+        let same_as_requester = AsRef::<str>::as_ref(&addr).eq_ignore_ascii_case(to_addr.as_ref());
         let ours = own_domains.contains(&addr.domain().to_ascii_lowercase());
         if !same_as_requester && !ours && !cc.iter().any(|m| m.email == addr) {
             cc.push(Mailbox::new(None, addr));
@@ -184,10 +187,10 @@ pub async fn compose(
         let mut mixed = MultiPart::mixed().multipart(body);
         for a in attachments {
             let bytes = blobs.get(&a.sha256).map_err(StoreError::Io)?;
-            let content_type = ContentType::parse(&a.content_type)
-                .unwrap_or(ContentType::parse("application/octet-stream").map_err(|e| {
-                    ComposeError::Invalid(format!("content type: {e}"))
-                })?);
+            let content_type = ContentType::parse(&a.content_type).unwrap_or(
+                ContentType::parse("application/octet-stream")
+                    .map_err(|e| ComposeError::Invalid(format!("content type: {e}")))?,
+            );
             mixed = mixed.singlepart(Attachment::new(one_line(&a.name)).body(bytes, content_type));
         }
         builder.multipart(mixed)

@@ -201,7 +201,9 @@ impl Sender {
                 metrics::counter!("initdesk_outbox_sent_total", "kind" => "email").increment(1);
                 Ok(())
             }
-            Err(e) if e.is_permanent() => Err(Failure::Permanent(format!("the relay refused it: {e}"))),
+            Err(e) if e.is_permanent() => {
+                Err(Failure::Permanent(format!("the relay refused it: {e}")))
+            }
             Err(e) => Err(Failure::Temporary(format!("relay: {e}"))),
         }
     }
@@ -217,7 +219,13 @@ impl Sender {
 
     async fn record_retry(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
         let delay = backoff(self.settings.retry_base, job.attempts);
-        tracing::info!(outbox_id = job.id, attempt = job.attempts, retry_in_secs = delay.as_secs(), reason, "outbox: send failed; will retry");
+        tracing::info!(
+            outbox_id = job.id,
+            attempt = job.attempts,
+            retry_in_secs = delay.as_secs(),
+            reason,
+            "outbox: send failed; will retry"
+        );
         metrics::counter!("initdesk_outbox_retries_total").increment(1);
         let next = outbox::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
         let mut tx = self.store.begin().await?;
@@ -230,7 +238,12 @@ impl Sender {
     }
 
     async fn record_failed(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
-        tracing::warn!(outbox_id = job.id, attempts = job.attempts, reason, "outbox: giving up");
+        tracing::warn!(
+            outbox_id = job.id,
+            attempts = job.attempts,
+            reason,
+            "outbox: giving up"
+        );
         metrics::counter!("initdesk_outbox_failed_total", "kind" => job.kind.clone()).increment(1);
         let mut tx = self.store.begin().await?;
         outbox::mark_failed(&mut tx, job.organization_id, job.id, reason).await?;
@@ -238,8 +251,7 @@ impl Sender {
             && let Some((ticket_id, _)) =
                 tickets::outbound_message(&mut tx, job.organization_id, message_id).await?
         {
-            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "failed")
-                .await?;
+            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "failed").await?;
             let note = format!(
                 "Delivery of message {message_id} failed after {} attempt(s): {reason}",
                 job.attempts

@@ -2,7 +2,7 @@
 //! policy steps in order, then the ticket, message and attachment rows.
 
 use super::parse::{AuthResult, Mailbox};
-use super::policy::{autoreply, bounce, cc, loops, spam};
+use super::policy::{acknowledge, autoreply, bounce, cc, loops, spam};
 use super::prepare::Prepared;
 use super::route::{Route, RouteCache};
 use super::thread::{self, ReplyTokens, Sender, ThreadedBy};
@@ -217,6 +217,7 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
             has_attachments: !p.attachments.is_empty(),
             created_by_role: "customer",
             created_by_user_id: None,
+            reply_domain: &ctx.route.domain,
         },
     )
     .await?;
@@ -228,6 +229,29 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         customer_id: Some(customer.id),
     };
     let message_id = insert_message(tx, ctx, f, &written).await?;
+    if ctx.route.inbox.auto_acknowledge
+        && spam_reason.is_none()
+        && f.auto_reply.is_none()
+        && f.agent_id.is_none()
+        && let Some(domain) = Some(ctx.route.domain.as_str())
+            .filter(|d| !d.is_empty())
+            .or(org.domains.first().map(String::as_str))
+    {
+        acknowledge::queue(
+            tx,
+            &acknowledge::NewTicket {
+                org_id: org.id,
+                domain,
+                ticket_id,
+                public_id,
+                customer_id: customer.id,
+                subject: &subject,
+            },
+            ctx.policy.acknowledge_window_secs,
+            now(),
+        )
+        .await?;
+    }
     Ok(Outcome::Created {
         ticket_id,
         public_id,

@@ -68,6 +68,8 @@ pub struct Route {
     pub entry: Arc<OrgEntry>,
     pub inbox: Inbox,
     pub detail: Option<String>,
+    /// The domain the mail was addressed to (lower case); empty for an IMAP mailbox.
+    pub domain: String,
 }
 
 /// Cached routing data, shared by every listener.
@@ -101,6 +103,7 @@ impl RouteCache {
                         return Ok(Route {
                             inbox: inbox.clone(),
                             detail: addr.detail().map(str::to_string),
+                            domain: addr.domain.to_ascii_lowercase(),
                             entry,
                         });
                     }
@@ -128,6 +131,7 @@ impl RouteCache {
                     entry,
                     inbox,
                     detail: None,
+                    domain: String::new(),
                 })
             }
         }

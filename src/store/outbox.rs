@@ -26,7 +26,8 @@ pub async fn enqueue(tx: &mut Tx, org_id: i64, item: &Item) -> Result<(), StoreE
         Item::Webhook { event, payload } => ("webhook", None, event.as_str(), payload.as_str()),
     };
     let ts = now();
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "INSERT INTO outbox (organization_id, kind, message_id, event, payload, state, attempts, next_attempt_ms, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7)"
     )
@@ -39,7 +40,8 @@ pub async fn enqueue(tx: &mut Tx, org_id: i64, item: &Item) -> Result<(), StoreE
     .bind(ts)
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -97,7 +99,8 @@ pub async fn claim(
 
 /// Marks a row handed over.
 pub async fn mark_sent(tx: &mut Tx, org_id: i64, id: i64) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE outbox SET state = 'sent', claimed_by = NULL, claimed_until_ms = NULL, last_error = '', updated_at = $3
          WHERE organization_id = $1 AND id = $2"
     )
@@ -106,7 +109,8 @@ pub async fn mark_sent(tx: &mut Tx, org_id: i64, id: i64) -> Result<(), StoreErr
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -118,7 +122,8 @@ pub async fn retry_later(
     next_attempt_ms: i64,
     error: &str,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE outbox SET state = 'pending', claimed_by = NULL, claimed_until_ms = NULL, next_attempt_ms = $3, last_error = $4, updated_at = $5
          WHERE organization_id = $1 AND id = $2"
     )
@@ -129,13 +134,15 @@ pub async fn retry_later(
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Gives up on a row.
 pub async fn mark_failed(tx: &mut Tx, org_id: i64, id: i64, error: &str) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE outbox SET state = 'failed', claimed_by = NULL, claimed_until_ms = NULL, last_error = $3, updated_at = $4
          WHERE organization_id = $1 AND id = $2"
     )
@@ -145,7 +152,8 @@ pub async fn mark_failed(tx: &mut Tx, org_id: i64, id: i64, error: &str) -> Resu
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -154,10 +162,12 @@ pub async fn list(
     tx: &mut Tx,
     org_id: i64,
 ) -> Result<Vec<(i64, String, String, i64, String)>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
+    Ok(with_tx!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, kind, state, attempts, last_error FROM outbox WHERE organization_id = $1 ORDER BY id"
     )
     .bind(org_id)
     .fetch_all(c)
-    .await)?)
+    .await
+    })?)
 }

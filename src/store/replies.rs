@@ -11,7 +11,8 @@ pub async fn set_assignee(
     ticket_id: i64,
     assignee: Option<i64>,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE tickets SET assignee_id = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2"
     )
     .bind(org_id)
@@ -20,7 +21,8 @@ pub async fn set_assignee(
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -50,7 +52,8 @@ pub async fn count_visible_reply(
     org_id: i64,
     ticket_id: i64,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| sqlx::query(
+    with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE tickets SET customer_visible_reply_count = customer_visible_reply_count + 1, updated_at = $3
          WHERE organization_id = $1 AND id = $2"
     )
@@ -59,7 +62,8 @@ pub async fn count_visible_reply(
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
@@ -98,13 +102,15 @@ pub async fn free_uploads(
 ) -> Result<Vec<String>, StoreError> {
     let mut free = Vec::new();
     for id in ids {
-        let found: Option<String> = with_tx!(tx, |c| sqlx::query_scalar(
+        let found: Option<String> = with_tx!(tx, |c| {
+            sqlx::query_scalar(
             "SELECT id FROM attachments WHERE organization_id = $1 AND id = $2 AND message_id IS NULL"
         )
         .bind(org_id)
         .bind(id)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         free.extend(found);
     }
     Ok(free)
@@ -116,7 +122,8 @@ pub async fn last_visible_snapshot(
     org_id: i64,
     ticket_id: i64,
 ) -> Result<Option<Vec<String>>, StoreError> {
-    let row: Option<String> = with_tx!(tx, |c| sqlx::query_scalar(
+    let row: Option<String> = with_tx!(tx, |c| {
+        sqlx::query_scalar(
         "SELECT external_recipient_emails FROM messages
          WHERE organization_id = $1 AND ticket_id = $2 AND is_visible_to_customer = TRUE AND role <> 'system'
          ORDER BY id DESC LIMIT 1"
@@ -124,7 +131,8 @@ pub async fn last_visible_snapshot(
     .bind(org_id)
     .bind(ticket_id)
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     Ok(row.map(|r| parse_json_list(&r)))
 }
 
@@ -141,4 +149,43 @@ pub async fn agent_by_id(
     .bind(id)
     .fetch_optional(c)
     .await)?)
+}
+
+/// Replaces a ticket's tags.
+pub async fn set_tags(
+    tx: &mut Tx,
+    org_id: i64,
+    ticket_id: i64,
+    tags: &[String],
+) -> Result<(), StoreError> {
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE tickets SET tags = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org_id)
+    .bind(ticket_id)
+    .bind(super::json_list(tags))
+    .bind(now())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// The domain replies on a ticket leave from: the one its customer wrote to when it is
+/// still the organization's, else the organization's first domain.
+pub async fn reply_domain(
+    tx: &mut Tx,
+    org: &super::orgs::Org,
+    ticket_id: i64,
+) -> Result<Option<String>, StoreError> {
+    let stored: Option<String> = with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT reply_domain FROM tickets WHERE organization_id = $1 AND id = $2"
+    )
+    .bind(org.id)
+    .bind(ticket_id)
+    .fetch_optional(c)
+    .await)?;
+    Ok(stored
+        .filter(|d| org.domains.iter().any(|o| o.eq_ignore_ascii_case(d)))
+        .or_else(|| org.domains.first().cloned()))
 }

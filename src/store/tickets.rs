@@ -206,7 +206,8 @@ pub async fn update_customer(
     name: Option<&str>,
     is_spam: Option<bool>,
 ) -> Result<bool, StoreError> {
-    let rows = with_tx!(tx, |c| sqlx::query(
+    let rows = with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE customers SET name = COALESCE($3, name), is_spam = COALESCE($4, is_spam), updated_at = $5
          WHERE organization_id = $1 AND id = $2"
     )
@@ -217,13 +218,15 @@ pub async fn update_customer(
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(rows > 0)
 }
 
 /// Clears a ticket's assignee and nothing else (SPEC 4); true when the ticket exists.
 pub async fn unassign_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64) -> Result<bool, StoreError> {
-    let rows = with_tx!(tx, |c| sqlx::query(
+    let rows = with_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE tickets SET assignee_id = NULL, updated_at = $3 WHERE organization_id = $1 AND id = $2"
     )
     .bind(org_id)
@@ -231,7 +234,8 @@ pub async fn unassign_ticket(tx: &mut Tx, org_id: i64, ticket_id: i64) -> Result
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(rows > 0)
 }
 
@@ -296,14 +300,16 @@ pub async fn messages_by_ids(
     org_id: i64,
     ids: &[i64],
 ) -> Result<Vec<Message>, StoreError> {
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND id = $2");
+    let sql =
+        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND id = $2");
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let row: Option<Message> = with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(c)
-            .await)?;
+        let row: Option<Message> =
+            with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(c)
+                .await)?;
         out.extend(row);
     }
     out.sort_by_key(|m| m.id);
@@ -469,6 +475,8 @@ pub struct NewTicket<'a> {
     pub has_attachments: bool,
     pub created_by_role: &'a str,
     pub created_by_user_id: Option<i64>,
+    /// The organization domain replies are sent from: the one the customer wrote to.
+    pub reply_domain: &'a str,
 }
 
 /// Inserts a ticket with the next number; returns `(id, public_id)`.
@@ -479,8 +487,8 @@ pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64),
         sqlx::query_scalar(
         "INSERT INTO tickets (organization_id, public_id, inbox_id, customer_id, subject, status, waiting_on, classification, is_spam, origin,
             description, description_html, external_recipient_emails, tags, language, has_attachments, created_by_role, created_by_user_id,
-            created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, '', $8, $9, $10, $11, $12, '[]', $13, $14, $15, $16, $17, $17) RETURNING id"
+            reply_domain, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, '', $8, $9, $10, $11, $12, '[]', $13, $14, $15, $16, $18, $17, $17) RETURNING id"
     )
     .bind(t.organization_id)
     .bind(public_id)
@@ -499,6 +507,7 @@ pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64),
     .bind(t.created_by_role)
     .bind(t.created_by_user_id)
     .bind(ts)
+    .bind(t.reply_domain)
     .fetch_one(c)
     .await
     })?;

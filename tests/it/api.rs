@@ -845,6 +845,21 @@ fn endpoints(org: i64, s: &Seeded, attachment: &str) -> Vec<Endpoint> {
         ),
         ("GET", format!("{base}/ticket-statuses/"), None, false),
         (
+            "POST",
+            format!("{base}/tickets/"),
+            Some(format!(
+                r#"{{"inbox_id": {}, "customer_email": "x@customer.test", "subject": "s"}}"#,
+                s.support
+            )),
+            false,
+        ),
+        (
+            "POST",
+            format!("{base}/tickets/{}/messages/", s.fire),
+            Some(r#"{"content": "hello", "is_visible_to_customer": false}"#.to_string()),
+            true,
+        ),
+        (
             "GET",
             format!("{base}/tickets/{}/messages/", s.fire),
             None,
@@ -1043,7 +1058,7 @@ async fn no_token_or_a_bad_one_is_401() {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(checked, 13 * 3);
+    assert_eq!(checked, endpoints(api.acme, &s, &attachment).len() * 3);
     // A bad token on an organization that does not exist is 401 too (nothing is revealed).
     let r = api
         .call(
@@ -1507,4 +1522,250 @@ async fn openapi_lists_every_path() {
         assert!(ticket.get(field).is_some(), "TicketOut.{field}");
     }
     api.cleanup().await;
+}
+
+async fn post_json(api: &Api, path: &str, body: Value) -> Resp {
+    api.call(
+        "POST",
+        path,
+        Some(&api.acme_token),
+        Some("application/json"),
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
+/// Agent replies and notes (SPEC 3, 4): workflow, CC snapshots, uploads, errors naming the
+/// field, and tickets opened through the API.
+async fn agent_writes(db: Db) {
+    let api = Api::new(db).await;
+    let s = seed(&api).await;
+    let org = api.acme;
+    let messages = format!("/organizations/{org}/tickets/{}/messages/", s.fire);
+    let ticket = |id: i64| format!("/organizations/{org}/tickets/{id}/");
+
+    // Errors name the field.
+    for (body, field) in [
+        (json!({"content": ""}), "content"),
+        (json!({"content": "x", "colour": "red"}), "colour"),
+        (
+            json!({"content": "x", "is_visible_to_customer": "yes"}),
+            "is_visible_to_customer",
+        ),
+        (
+            json!({"content": "x", "external_recipient_emails": ["not an address"]}),
+            "external_recipient_emails",
+        ),
+        (
+            json!({"content": "x", "next_assignee_id": 999_999}),
+            "next_assignee_id",
+        ),
+        (
+            json!({"content": "x", "next_action": "explode"}),
+            "next_action",
+        ),
+        (
+            json!({"content": "x", "attachment_ids": ["0190b5a0-0000-7000-8000-000000000000"]}),
+            "attachment_ids",
+        ),
+    ] {
+        let r = post_json(&api, &messages, body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            r.json().get(field).is_some(),
+            "{body} should name {field}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    // A reply with an explicit CC list: the requester is kept; the ticket waits on the customer.
+    let r = post_json(
+        &api,
+        &messages,
+        json!({"content": "On it.", "external_recipient_emails": ["boss@customer.test"], "next_assignee_id": s.agent}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let m = r.json();
+    assert_eq!(m["role"], "associate");
+    assert_eq!(m["is_visible_to_customer"], true);
+    let snapshot: Vec<String> =
+        serde_json::from_value(m["external_recipient_emails"].clone()).expect("list");
+    assert!(
+        snapshot.contains(&"boss@customer.test".to_string()),
+        "{snapshot:?}"
+    );
+    assert_eq!(snapshot.len(), 2, "requester kept: {snapshot:?}");
+    assert_eq!(m["next_assignee"]["id"], s.agent);
+    let t = api.get_ok(&ticket(s.fire)).await;
+    assert_eq!(t["status"], "active");
+    assert_eq!(t["waiting_on"], "customer");
+    assert_eq!(t["assignee"]["id"], s.agent);
+    let replies_before = t["customer_visible_reply_count"].as_i64().expect("count");
+
+    // Omitted and null copy the last visible message's snapshot.
+    for body in [
+        json!({"content": "Again."}),
+        json!({"content": "Once more.", "external_recipient_emails": null}),
+    ] {
+        let r = post_json(&api, &messages, body).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let copied: Vec<String> =
+            serde_json::from_value(r.json()["external_recipient_emails"].clone()).expect("list");
+        assert_eq!(copied, snapshot);
+    }
+    // An internal note stores an empty list whatever is sent, and sends nothing.
+    let r = post_json(
+        &api,
+        &messages,
+        json!({"content": "note to self", "is_visible_to_customer": false, "external_recipient_emails": ["x@customer.test"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["external_recipient_emails"], json!([]));
+    assert_eq!(r.json()["is_visible_to_customer"], false);
+    let t = api.get_ok(&ticket(s.fire)).await;
+    assert_eq!(
+        t["customer_visible_reply_count"].as_i64(),
+        Some(replies_before + 2)
+    );
+
+    // An upload joins the reply; the same upload cannot be used twice.
+    let up = api
+        .upload(
+            org,
+            &api.acme_token.clone(),
+            "file",
+            "notes.txt",
+            b"some notes",
+        )
+        .await;
+    assert_eq!(
+        up.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&up.body)
+    );
+    let upload_id = up.json()["id"].as_str().expect("id").to_string();
+    let r = post_json(
+        &api,
+        &messages,
+        json!({"content": "See attached.", "attachment_ids": [upload_id]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["attachments"][0]["id"], upload_id.as_str());
+    let r = post_json(
+        &api,
+        &messages,
+        json!({"content": "Again attached.", "attachment_ids": [upload_id]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Workflow: close, reopen, spam.
+    for (action, status, classification, waiting_on) in [
+        ("close_and_mark_resolved", "closed", "resolved", ""),
+        ("reopen_waiting_associate", "active", "", "associate"),
+        (
+            "close_and_mark_customer_inactivity",
+            "closed",
+            "customer_inactivity",
+            "",
+        ),
+        ("reopen_waiting_customer", "active", "", "customer"),
+    ] {
+        let r = post_json(
+            &api,
+            &messages,
+            json!({"content": action, "is_visible_to_customer": false, "next_action": action}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{action}");
+        let t = api.get_ok(&ticket(s.fire)).await;
+        assert_eq!(
+            (
+                t["status"].as_str(),
+                t["classification"].as_str(),
+                t["waiting_on"].as_str()
+            ),
+            (Some(status), Some(classification), Some(waiting_on)),
+            "{action}"
+        );
+    }
+    let r = post_json(
+        &api,
+        &messages,
+        json!({"content": "spam", "is_visible_to_customer": false, "next_action": "report_spam"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(api.get_ok(&ticket(s.fire)).await["is_spam"], true);
+    let r = post_json(&api, &messages, json!({"content": "not spam", "is_visible_to_customer": false, "next_action": "remove_from_spam"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(api.get_ok(&ticket(s.fire)).await["is_spam"], false);
+
+    // A ticket opened through the API.
+    let tickets = format!("/organizations/{org}/tickets/");
+    let r = post_json(
+        &api,
+        &tickets,
+        json!({"inbox_id": s.support, "customer_email": "new@customer.test", "subject": ""}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json().get("subject").is_some());
+    let r = post_json(
+        &api,
+        &tickets,
+        json!({"inbox_id": 999_999, "customer_email": "new@customer.test", "subject": "x"}),
+    )
+    .await;
+    assert!(
+        r.json().get("inbox_id").is_some(),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = post_json(
+        &api,
+        &tickets,
+        json!({"inbox_id": s.support, "customer_email": "New@Customer.test", "customer_name": "Nina New", "subject": "Order 66", "description": "Where is it?", "external_recipient_emails": ["cc@customer.test"], "tags": ["vip"], "assignee_id": s.agent}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let t = r.json();
+    assert_eq!(t["origin"], "api");
+    assert_eq!(t["subject"], "Order 66");
+    assert_eq!(t["customer"]["name"], "Nina New");
+    assert_eq!(t["tags"], json!(["vip"]));
+    assert_eq!(t["assignee"]["id"], s.agent);
+    let ccs: Vec<String> =
+        serde_json::from_value(t["external_recipient_emails"].clone()).expect("list");
+    assert_eq!(ccs.len(), 2, "requester kept: {ccs:?}");
+    api.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_writes_sqlite() {
+    agent_writes(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_writes_postgres() {
+    agent_writes(Db::Postgres).await;
 }

@@ -8,6 +8,7 @@ mod corpus;
 mod dovecot;
 mod fixtures;
 mod imap;
+mod outbound;
 mod pipeline;
 mod postfix;
 mod robustness;

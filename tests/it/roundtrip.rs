@@ -41,7 +41,9 @@ fn http(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) 
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     // The API answers with Content-Length; a chunked body would need decoding.
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "unexpected chunked answer"
     );
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
@@ -81,7 +83,12 @@ print("submitted")
 }
 
 /// Waits until `user`'s INBOX holds `n` messages and returns them, raw, in UID order.
-fn mailbox(rt: &tokio::runtime::Runtime, dovecot: &Dovecot, (user, pw): (&str, &str), n: usize) -> Vec<Vec<u8>> {
+fn mailbox(
+    rt: &tokio::runtime::Runtime,
+    dovecot: &Dovecot,
+    (user, pw): (&str, &str),
+    n: usize,
+) -> Vec<Vec<u8>> {
     let found = wait_for(Duration::from_secs(60), || {
         let list = rt.block_on(dovecot.messages(user, pw, "INBOX"));
         (list.len() >= n).then_some(list)
@@ -141,7 +148,10 @@ fn roundtrip(postgres: bool) {
     let dovecot = rt.block_on(Dovecot::start(&[CUSTOMER, CC]));
     let gateway_smtp = free_port();
     let postfix = Postfix::start_routes(&[
-        ("acme.test".into(), format!("smtp:[127.0.0.1]:{gateway_smtp}")),
+        (
+            "acme.test".into(),
+            format!("smtp:[127.0.0.1]:{gateway_smtp}"),
+        ),
         (
             "customer.test".into(),
             format!("lmtp:inet:127.0.0.1:{}", dovecot.lmtp_port),
@@ -173,10 +183,22 @@ fn roundtrip(postgres: bool) {
         ),
     );
     let ticket = wait_for(Duration::from_secs(60), || {
-        let (_, page) = http(gw.http_port, "GET", &format!("/organizations/{org}/tickets/"), &token, None);
+        let (_, page) = http(
+            gw.http_port,
+            "GET",
+            &format!("/organizations/{org}/tickets/"),
+            &token,
+            None,
+        );
         page["results"].as_array().and_then(|r| r.first().cloned())
     })
-    .unwrap_or_else(|| panic!("no ticket from the customer's mail\n{}\n{}", gw.log(), postfix.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "no ticket from the customer's mail\n{}\n{}",
+            gw.log(),
+            postfix.log()
+        )
+    });
     let ticket_id = ticket["id"].as_i64().expect("ticket id");
     let public_id = ticket["public_id"].as_i64().expect("public id");
     assert_eq!(ticket["subject"], "Printer on fire");
@@ -199,7 +221,9 @@ fn roundtrip(postgres: bool) {
 
     // 3. It arrives in the customer's real mailbox, threaded and addressed as SPEC 3 says.
     let raw = mailbox(&rt, &dovecot, CUSTOMER, 1).remove(0);
-    let m = MessageParser::default().parse(&raw).expect("parse the reply");
+    let m = MessageParser::default()
+        .parse(&raw)
+        .expect("parse the reply");
     let from = m.from().and_then(|a| a.first()).expect("From");
     assert_eq!(from.address().unwrap_or_default(), "support@acme.test");
     assert_eq!(from.name().unwrap_or_default(), "Support");
@@ -207,7 +231,10 @@ fn roundtrip(postgres: bool) {
         m.to().and_then(|a| a.first()).and_then(|a| a.address()),
         Some(CUSTOMER.0)
     );
-    let cc: Vec<&str> = m.cc().map(|a| a.iter().filter_map(|x| x.address()).collect()).unwrap_or_default();
+    let cc: Vec<&str> = m
+        .cc()
+        .map(|a| a.iter().filter_map(|x| x.address()).collect())
+        .unwrap_or_default();
     assert_eq!(cc, vec![CC.0], "Cc: the snapshot minus the requester");
     let reply_to = m
         .reply_to()
@@ -224,8 +251,15 @@ fn roundtrip(postgres: bool) {
         format!("Re: Printer on fire [#{public_id}]")
     );
     let own_id = m.message_id().expect("Message-ID").to_string();
-    assert!(own_id.ends_with("@acme.test"), "fresh Message-ID under the organization's domain: {own_id}");
-    assert_eq!(id_of(m.in_reply_to()), first_id, "In-Reply-To the customer's mail");
+    assert!(
+        own_id.ends_with("@acme.test"),
+        "fresh Message-ID under the organization's domain: {own_id}"
+    );
+    assert_eq!(
+        id_of(m.in_reply_to()),
+        first_id,
+        "In-Reply-To the customer's mail"
+    );
     assert!(
         header_text(&m, "References").contains(first_id),
         "References the thread: {}",
@@ -236,7 +270,11 @@ fn roundtrip(postgres: bool) {
         return_path.contains("support+bounce-") && return_path.contains("@acme.test"),
         "the envelope sender is the per-message VERP address: {return_path}"
     );
-    assert!(m.body_text(0).unwrap_or_default().contains("Please unplug it first."));
+    assert!(
+        m.body_text(0)
+            .unwrap_or_default()
+            .contains("Please unplug it first.")
+    );
     assert!(m.body_html(0).unwrap_or_default().contains("<b>unplug</b>"));
     assert!(header_text(&m, "Bcc").is_empty());
     // The colleague got the same mail.
@@ -271,7 +309,13 @@ fn roundtrip(postgres: bool) {
         let msgs = messages_of(gw.http_port, &token, org, ticket_id);
         (msgs.len() >= expected - 1).then_some(msgs)
     })
-    .unwrap_or_else(|| panic!("the answers did not arrive on ticket {ticket_id}\n{}\n{}", gw.log(), postfix.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "the answers did not arrive on ticket {ticket_id}\n{}\n{}",
+            gw.log(),
+            postfix.log()
+        )
+    });
     submit_raw(
         postfix.port,
         CUSTOMER.0,
@@ -285,11 +329,32 @@ fn roundtrip(postgres: bool) {
         let msgs = messages_of(gw.http_port, &token, org, ticket_id);
         (msgs.len() >= expected).then_some(msgs)
     })
-    .unwrap_or_else(|| panic!("the changed-subject answer did not arrive on ticket {ticket_id}: {all:?}\n{}", gw.log()));
-    let roles: Vec<&str> = all.iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
-    assert_eq!(roles, vec!["customer", "associate", "customer", "cc", "customer"], "{all:#?}");
-    let (_, tickets) = http(gw.http_port, "GET", &format!("/organizations/{org}/tickets/"), &token, None);
-    assert_eq!(tickets["count"], 1, "every answer landed on the same ticket: {tickets}");
+    .unwrap_or_else(|| {
+        panic!(
+            "the changed-subject answer did not arrive on ticket {ticket_id}: {all:?}\n{}",
+            gw.log()
+        )
+    });
+    let roles: Vec<&str> = all
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        roles,
+        vec!["customer", "associate", "customer", "cc", "customer"],
+        "{all:#?}"
+    );
+    let (_, tickets) = http(
+        gw.http_port,
+        "GET",
+        &format!("/organizations/{org}/tickets/"),
+        &token,
+        None,
+    );
+    assert_eq!(
+        tickets["count"], 1,
+        "every answer landed on the same ticket: {tickets}"
+    );
     // The reply was recorded as sent.
     assert_eq!(all[1]["delivery_state"], "sent", "{}", all[1]);
 
@@ -308,7 +373,9 @@ fn roundtrip(postgres: bool) {
         "POST",
         &format!("/organizations/{org}/tickets/{ticket_id}/messages/"),
         &token,
-        Some(&json!({"content": "x", "external_recipient_emails": ["a@customer.test\r\nBcc: thief@customer.test"]})),
+        Some(
+            &json!({"content": "x", "external_recipient_emails": ["a@customer.test\r\nBcc: thief@customer.test"]}),
+        ),
     );
     assert_eq!(code, 400, "a CC entry with a line break is refused: {body}");
     assert!(body.get("external_recipient_emails").is_some(), "{body}");
@@ -317,17 +384,30 @@ fn roundtrip(postgres: bool) {
         "POST",
         &format!("/organizations/{org}/tickets/{ticket_id}/messages/"),
         &token,
-        Some(&json!({"content": "Second answer.\r\nBcc: thief@customer.test", "external_recipient_emails": []})),
+        Some(
+            &json!({"content": "Second answer.\r\nBcc: thief@customer.test", "external_recipient_emails": []}),
+        ),
     );
     assert_eq!(code, 201, "{body}");
     let mails = mailbox(&rt, &dovecot, CUSTOMER, 2);
     let second = MessageParser::default().parse(&mails[1]).expect("parse");
     for (name, _) in second.headers_raw() {
-        assert!(!name.eq_ignore_ascii_case("bcc"), "no Bcc header: {}", String::from_utf8_lossy(&mails[1]));
+        assert!(
+            !name.eq_ignore_ascii_case("bcc"),
+            "no Bcc header: {}",
+            String::from_utf8_lossy(&mails[1])
+        );
     }
     assert!(second.cc().is_none(), "an empty list sent means no CC");
-    let to_name = second.to().and_then(|a| a.first()).and_then(|a| a.name()).unwrap_or_default();
-    assert!(!to_name.contains('\n') && !to_name.contains('\r'), "{to_name:?}");
+    let to_name = second
+        .to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.name())
+        .unwrap_or_default();
+    assert!(
+        !to_name.contains('\n') && !to_name.contains('\r'),
+        "{to_name:?}"
+    );
 
     drop(gw);
     drop(postfix);

@@ -1,0 +1,321 @@
+//! The outbox and its sender (SPEC 3): acknowledgements, retries and the final failure,
+//! and several senders on one PostgreSQL outbox sending each message exactly once, into a
+//! real Postfix and a real Dovecot mailbox.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use initdesk_gateway::agent::{self, NewReply};
+use initdesk_gateway::outbox::{Sender, SenderSettings};
+use initdesk_gateway::pipeline::{Envelope, Outcome, Source};
+use initdesk_gateway::store::blobs::FsBlobStore;
+use initdesk_gateway::store::{Store, orgs, outbox, tickets};
+use tokio_util::sync::CancellationToken;
+
+use crate::dovecot::Dovecot;
+use crate::helpers::{Db, TestGateway};
+use crate::postfix::{Postfix, free_port};
+
+fn mail(from: &str, to: &str, subject: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "From: Customer <{from}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@customer.test>\r\n{extra}Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nPlease help with {subject}.\r\n",
+        uuid::Uuid::new_v4().simple()
+    )
+    .into_bytes()
+}
+
+fn settings(relay: String, max_attempts: u32, holder: &str) -> SenderSettings {
+    SenderSettings {
+        relay,
+        hello_name: "gateway.test".into(),
+        max_attempts,
+        retry_base: Duration::from_secs(1),
+        concurrency: 4,
+        holder: holder.into(),
+    }
+}
+
+fn sender(gw: &TestGateway, store: &Store, s: SenderSettings) -> Sender {
+    Sender::new(
+        store.clone(),
+        Arc::new(FsBlobStore::new(gw.dir.path().join("blobs"))),
+        gw.pipeline.tokens().clone(),
+        s,
+    )
+    .expect("sender")
+}
+
+async fn acme(store: &Store) -> i64 {
+    let mut tx = store.begin_read().await.expect("begin");
+    let org = orgs::org_for_domain(&mut tx, "acme.test")
+        .await
+        .expect("org")
+        .expect("acme");
+    tx.rollback().await.expect("rollback");
+    org.id
+}
+
+/// States of the organization's outbox rows, in order.
+async fn outbox_states(store: &Store, org: i64) -> Vec<(String, String, i64, String)> {
+    let mut tx = store.begin_read().await.expect("begin");
+    let rows = outbox::list(&mut tx, org).await.expect("outbox");
+    tx.rollback().await.expect("rollback");
+    rows.into_iter()
+        .map(|(_, k, s, a, e)| (k, s, a, e))
+        .collect()
+}
+
+async fn reply_on(store: &Store, org: i64, ticket_id: i64, text: &str) -> i64 {
+    let mut tx = store.begin().await.expect("begin");
+    let created = agent::reply(
+        &mut tx,
+        org,
+        ticket_id,
+        &NewReply {
+            content: text.into(),
+            ..NewReply::default()
+        },
+    )
+    .await
+    .expect("reply");
+    tx.commit().await.expect("commit");
+    created.message_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgement_once_per_sender_never_to_auto_replies_or_spam() {
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let mut tx = gw.store.begin().await.expect("begin");
+    orgs::create_inbox(&mut tx, org, "ack", "Acknowledged", true)
+        .await
+        .expect("inbox");
+    tx.commit().await.expect("commit");
+    gw.pipeline.refresh_routes();
+    let to = Envelope::to("ack@acme.test", Source::Replay);
+    let ingest = |raw: Vec<u8>| {
+        let to = to.clone();
+        let p = gw.pipeline.clone();
+        async move { p.ingest(&raw, &to).await.expect("ingest") }
+    };
+    assert!(matches!(
+        ingest(mail("a@customer.test", "ack@acme.test", "first", "")).await,
+        Outcome::Created { .. }
+    ));
+    // A second new ticket from the same sender within the window: no second acknowledgement.
+    ingest(mail("a@customer.test", "ack@acme.test", "second", "")).await;
+    // An auto-reply opens a ticket but gets none.
+    ingest(mail(
+        "b@customer.test",
+        "ack@acme.test",
+        "Out of office",
+        "Auto-Submitted: auto-replied\r\n",
+    ))
+    .await;
+    // A customer marked as spam gets none.
+    let mut tx = gw.store.begin().await.expect("begin");
+    let spammer = tickets::find_or_create_customer(&mut tx, org, "s@spam.test", "s@spam.test", "")
+        .await
+        .expect("customer");
+    tickets::set_customer_spam(&mut tx, org, spammer.id, true)
+        .await
+        .expect("spam");
+    tx.commit().await.expect("commit");
+    ingest(mail("s@spam.test", "ack@acme.test", "buy now", "")).await;
+    // Mail to an inbox without acknowledgements gets none.
+    gw.pipeline
+        .ingest(
+            &mail("c@customer.test", "support@acme.test", "plain", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+
+    let states = outbox_states(&gw.store, org).await;
+    assert_eq!(states.len(), 1, "one acknowledgement in all: {states:?}");
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let mut acks = Vec::new();
+    for t in tickets::list_tickets(&mut tx, org).await.expect("tickets") {
+        for m in tickets::list_messages(&mut tx, org, t.id)
+            .await
+            .expect("messages")
+        {
+            if m.role == "system" {
+                acks.push((t.subject.clone(), m));
+            }
+        }
+    }
+    assert_eq!(acks.len(), 1);
+    let (subject, ack) = &acks[0];
+    assert_eq!(subject, "first");
+    assert!(ack.is_auto_reply && ack.is_visible_to_customer);
+    assert_eq!(ack.direction, "outbound");
+    // The mail it becomes says it is automatic.
+    let out = initdesk_gateway::outbox::compose::compose(
+        &mut tx,
+        &FsBlobStore::new(gw.dir.path().join("blobs")),
+        gw.pipeline.tokens(),
+        org,
+        ack.id,
+    )
+    .await
+    .expect("compose");
+    tx.rollback().await.expect("rollback");
+    let text = String::from_utf8_lossy(&out.message.formatted()).into_owned();
+    assert!(text.contains("Auto-Submitted: auto-replied"), "{text}");
+    // The fixture world's Acme tags subjects with its prefix.
+    assert!(text.contains("Subject: Re: first [ACME #1]"), "{text}");
+    assert!(
+        text.contains("From: Acknowledged <ack@acme.test>"),
+        "from the domain the customer wrote to: {text}"
+    );
+    assert!(
+        !text.contains("\r\nCc:"),
+        "acknowledgements go to the requester only"
+    );
+    gw.cleanup().await;
+}
+
+/// A relay that never answers: retries with backoff, then the message is marked failed and
+/// a system note on its ticket says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_retries_then_gives_up_with_a_note() {
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail("a@customer.test", "support@acme.test", "help", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    let message_id = reply_on(&gw.store, org, ticket_id, "We are on it.").await;
+    // Nothing listens on this port: every attempt fails at connect.
+    let dead = format!("smtp://127.0.0.1:{}", free_port());
+    let s = sender(&gw, &gw.store, settings(dead, 2, "one"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(s.run(stop.clone()));
+    let start = Instant::now();
+    loop {
+        let states = outbox_states(&gw.store, org).await;
+        if states.first().is_some_and(|s| s.1 == "failed") {
+            let (_, _, attempts, error) = &states[0];
+            assert_eq!(*attempts, 2, "two attempts, as configured");
+            assert!(!error.is_empty());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not given up: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.expect("sender");
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let messages = tickets::list_messages(&mut tx, org, ticket_id)
+        .await
+        .expect("messages");
+    tx.rollback().await.expect("rollback");
+    let reply = messages.iter().find(|m| m.id == message_id).expect("reply");
+    assert_eq!(reply.delivery_state.as_deref(), Some("failed"));
+    let note = messages
+        .iter()
+        .find(|m| m.role == "system")
+        .expect("a system note");
+    assert!(!note.is_visible_to_customer);
+    assert!(
+        note.content.contains("failed") && note.content.contains(&message_id.to_string()),
+        "{}",
+        note.content
+    );
+    gw.cleanup().await;
+}
+
+/// Two instances' senders share one PostgreSQL outbox: 40 replies reach the customer's real
+/// mailbox exactly once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_postgres_send_each_message_once() {
+    const N: usize = 40;
+    let customer = ("customer@customer.test", "pw");
+    let dovecot = Dovecot::start(&[customer]).await;
+    let postfix = Postfix::start_routes(&[(
+        "customer.test".into(),
+        format!("lmtp:inet:127.0.0.1:{}", dovecot.lmtp_port),
+    )]);
+    let gw = TestGateway::new(Db::Postgres).await;
+    let org = acme(&gw.store).await;
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail(customer.0, "support@acme.test", "many answers", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    for i in 0..N {
+        reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await;
+    }
+    let relay = format!("smtp://127.0.0.1:{}", postfix.port);
+    let store_b = initdesk_gateway::store::open(&gw.url, 4)
+        .await
+        .expect("second pool");
+    let stop = CancellationToken::new();
+    let a = tokio::spawn(
+        sender(&gw, &gw.store, settings(relay.clone(), 5, "instance-a")).run(stop.clone()),
+    );
+    let b = tokio::spawn(sender(&gw, &store_b, settings(relay, 5, "instance-b")).run(stop.clone()));
+    let start = Instant::now();
+    loop {
+        let states = outbox_states(&gw.store, org).await;
+        if states.iter().all(|s| s.1 == "sent") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all sent: {states:?}\n{}",
+            postfix.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    a.await.expect("a");
+    b.await.expect("b");
+    let start = Instant::now();
+    loop {
+        let n = dovecot
+            .messages(customer.0, customer.1, "INBOX")
+            .await
+            .len();
+        if n >= N {
+            // Give a duplicate time to show up.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let n = dovecot
+                .messages(customer.0, customer.1, "INBOX")
+                .await
+                .len();
+            assert_eq!(n, N, "each reply delivered exactly once");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} of {N} delivered\n{}",
+            postfix.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let states = outbox_states(&gw.store, org).await;
+    assert!(
+        states.iter().all(|s| s.2 == 1),
+        "one attempt each: {states:?}"
+    );
+    store_b.close().await;
+    gw.cleanup().await;
+}
