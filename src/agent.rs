@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::address::parse_addr_spec;
+use crate::outbox::webhook;
 use crate::store::outbox::{self, Item};
 use crate::store::tickets::{self, NewMessage, Ticket, TicketState};
 use crate::store::{StoreError, Tx, orgs, replies};
@@ -183,6 +184,31 @@ pub async fn reply(
     if visible {
         replies::count_visible_reply(tx, org_id, ticket_id).await?;
         outbox::enqueue(tx, org_id, &Item::Email { message_id }).await?;
+    }
+    let spam_now = match action {
+        NextAction::ReportSpam => true,
+        NextAction::RemoveFromSpam => false,
+        _ => ticket.is_spam,
+    };
+    webhook::enqueue(
+        tx,
+        &org,
+        "message.created",
+        ticket_id,
+        Some(message_id),
+        spam_now,
+    )
+    .await?;
+    let changed = state.as_ref().is_some_and(|s| {
+        s.status != ticket.status
+            || s.waiting_on != ticket.waiting_on
+            || s.classification != ticket.classification
+    }) || spam_now != ticket.is_spam
+        || req
+            .next_assignee_id
+            .is_some_and(|a| ticket.assignee_id != Some(a));
+    if changed {
+        webhook::enqueue(tx, &org, "ticket.updated", ticket_id, None, spam_now).await?;
     }
     Ok(Created {
         message_id,
@@ -412,5 +438,14 @@ pub async fn create_ticket(
         let tags: Vec<String> = req.tags.iter().map(|t| t.trim().to_string()).collect();
         replies::set_tags(tx, org_id, ticket_id, &tags).await?;
     }
+    webhook::enqueue(
+        tx,
+        &org,
+        "ticket.created",
+        ticket_id,
+        None,
+        customer.is_spam,
+    )
+    .await?;
     Ok(ticket_id)
 }

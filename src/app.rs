@@ -122,6 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             retry_base: Duration::from_secs(config.outbound.retry_base_secs),
             concurrency: config.outbound.concurrency,
             holder: crate::listeners::imap::instance_name(&config.imap.instance_id),
+            public_url: config.http.public_url.clone(),
         },
     )
     .context("setting up the outbound relay")?;

@@ -353,7 +353,19 @@ pub async fn unassign(
         if !tickets::unassign_ticket(&mut tx, scope.org_id, pk).await? {
             return Err(ApiError::NotFound);
         }
-        ticket_view(&mut tx, scope.org_id, &state.public_url, pk).await
+        let view = ticket_view(&mut tx, scope.org_id, &state.public_url, pk).await?;
+        if let Some(org) = crate::store::orgs::get_org(&mut tx, scope.org_id).await? {
+            crate::outbox::webhook::enqueue(
+                &mut tx,
+                &org,
+                "ticket.updated",
+                pk,
+                None,
+                view.is_spam,
+            )
+            .await?;
+        }
+        Ok(view)
     }
     .await;
     let ticket = finish_write(tx, result).await?;

@@ -3,3 +3,4 @@
 pub mod metrics;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;

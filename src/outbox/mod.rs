@@ -3,6 +3,7 @@
 //! notes why on its ticket (SPEC 3).
 
 pub mod compose;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct SenderSettings {
     pub concurrency: usize,
     /// This instance's name on claimed rows.
     pub holder: String,
+    /// `http.public_url`, for the `download_url`s in webhook payloads.
+    pub public_url: String,
 }
 
 /// Why the relay could not be set up.
@@ -56,6 +59,7 @@ pub struct Sender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     settings: SenderSettings,
     wake: Arc<Notify>,
+    webhooks: webhook::Webhooks,
 }
 
 /// How long a claim lasts; a sender that dies mid-send leaves its rows to others after it.
@@ -86,7 +90,9 @@ impl Sender {
                     .idle_timeout(Duration::from_secs(60)),
             )
             .build();
+        let webhooks = webhook::Webhooks::new().map_err(fail)?;
         Ok(Sender {
+            webhooks,
             store,
             blobs,
             tokens,
@@ -151,6 +157,21 @@ impl Sender {
     async fn handle(&self, job: Job) {
         let result = match (job.kind.as_str(), job.message_id) {
             ("email", Some(message_id)) => self.send_email(&job, message_id).await,
+            ("webhook", _) => self
+                .webhooks
+                .deliver(&self.store, &self.settings.public_url, &job)
+                .await
+                .map(|()| {
+                    metrics::counter!("initdesk_outbox_sent_total", "kind" => "webhook")
+                        .increment(1);
+                })
+                .map_err(|f| {
+                    if f.permanent {
+                        Failure::Permanent(f.reason)
+                    } else {
+                        Failure::Temporary(f.reason)
+                    }
+                }),
             _ => Err(Failure::Permanent(format!(
                 "unknown outbox item {:?}",
                 job.kind

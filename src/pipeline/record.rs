@@ -9,6 +9,7 @@ use super::thread::{self, ReplyTokens, Sender, ThreadedBy};
 use super::{Envelope, Outcome, customer};
 use crate::address::normalize;
 use crate::config::PolicyConfig;
+use crate::outbox::webhook;
 use crate::store::tickets::{self, NewAttachment, NewMessage, NewTicket, Ticket, TicketState};
 use crate::store::{Store, StoreError, Tx, now, raw};
 
@@ -229,6 +230,16 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         customer_id: Some(customer.id),
     };
     let message_id = insert_message(tx, ctx, f, &written).await?;
+    // The first message travels inside ticket.created.
+    webhook::enqueue(
+        tx,
+        org,
+        "ticket.created",
+        ticket_id,
+        Some(message_id),
+        spam_reason.is_some(),
+    )
+    .await?;
     if ctx.route.inbox.auto_acknowledge
         && spam_reason.is_none()
         && f.auto_reply.is_none()
@@ -341,6 +352,21 @@ async fn append(
         !ctx.prepared.attachments.is_empty(),
     )
     .await?;
+    webhook::enqueue(
+        tx,
+        org,
+        "message.created",
+        ticket.id,
+        Some(message_id),
+        ticket.is_spam,
+    )
+    .await?;
+    if next
+        .as_ref()
+        .is_some_and(|n| n.status != ticket.status || n.waiting_on != ticket.waiting_on)
+    {
+        webhook::enqueue(tx, org, "ticket.updated", ticket.id, None, ticket.is_spam).await?;
+    }
     Ok(Outcome::Appended {
         ticket_id: ticket.id,
         public_id: ticket.public_id,

@@ -32,6 +32,7 @@ fn settings(relay: String, max_attempts: u32, holder: &str) -> SenderSettings {
         retry_base: Duration::from_secs(1),
         concurrency: 4,
         holder: holder.into(),
+        public_url: "http://gateway.test".into(),
     }
 }
 
@@ -317,5 +318,155 @@ async fn two_senders_on_postgres_send_each_message_once() {
         "one attempt each: {states:?}"
     );
     store_b.close().await;
+    gw.cleanup().await;
+}
+
+/// What the test's webhook receiver got: (event, body, signature header).
+type Received = Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String, String)>>>;
+
+/// A real HTTP receiver on 127.0.0.1 that fails its first request with 500.
+async fn receiver() -> (u16, Received) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Received = Arc::default();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = (got.clone(), failed_once);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            |axum::extract::State((got, failed_once)): axum::extract::State<(
+                Received,
+                Arc<std::sync::atomic::AtomicBool>,
+            )>,
+             headers: HeaderMap,
+             body: String| async move {
+                if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                got.lock().expect("lock").push((
+                    h("x-initdesk-event"),
+                    json,
+                    h("x-initdesk-signature"),
+                    body,
+                ));
+                StatusCode::NO_CONTENT
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.with_state(state)).await;
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_and_never_for_spam() {
+    let (port, got) = receiver().await;
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let mut tx = gw.store.begin().await.expect("begin");
+    initdesk_gateway::with_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE organizations SET webhook_url = $1, webhook_secret = 'hook-secret' WHERE id = $2"
+    )
+    .bind(format!("http://127.0.0.1:{port}/hook"))
+    .bind(org)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .expect("configure the webhook");
+    tx.commit().await.expect("commit");
+    gw.pipeline.refresh_routes();
+
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail("a@customer.test", "support@acme.test", "hooked", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    // Spam opens a ticket but sends no webhook.
+    gw.pipeline
+        .ingest(
+            &mail(
+                "s@spam.test",
+                "support@acme.test",
+                "cheap pills",
+                "X-Spam-Flag: YES\r\n",
+            ),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest spam");
+    reply_on(&gw.store, org, ticket_id, "Answer.").await;
+
+    let dead = format!("smtp://127.0.0.1:{}", free_port());
+    let s = sender(&gw, &gw.store, settings(dead, 3, "one"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(s.run(stop.clone()));
+    let start = Instant::now();
+    loop {
+        if got.lock().expect("lock").len() >= 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "webhooks: {:?}",
+            got.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.expect("sender");
+    let got = got.lock().expect("lock").clone();
+    let mut events: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    events.sort_unstable();
+    assert_eq!(
+        events,
+        vec!["message.created", "ticket.created", "ticket.updated"],
+        "one of each, none for the spam ticket"
+    );
+    for (event, json, signature, body) in &got {
+        assert_eq!(json["event"], event.as_str());
+        assert_eq!(json["data"]["ticket"]["id"], ticket_id);
+        let (t, v1) = signature
+            .split_once(',')
+            .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+            .unwrap_or_else(|| panic!("signature header {signature:?}"));
+        let t: i64 = t.parse().expect("timestamp");
+        assert_eq!(
+            initdesk_gateway::outbox::webhook::sign("hook-secret", t, body),
+            v1,
+            "the signature verifies"
+        );
+    }
+    let created = got
+        .iter()
+        .find(|g| g.0 == "ticket.created")
+        .expect("created");
+    assert_eq!(created.1["data"]["ticket"]["subject"], "hooked");
+    assert_eq!(created.1["data"]["message"]["role"], "customer");
+    let states = outbox_states(&gw.store, org).await;
+    let hooks: Vec<_> = states.iter().filter(|s| s.0 == "webhook").collect();
+    assert!(hooks.iter().all(|s| s.1 == "sent"), "{hooks:?}");
+    assert!(
+        hooks.iter().any(|s| s.2 == 2),
+        "the first delivery failed with 500 and was retried: {hooks:?}"
+    );
     gw.cleanup().await;
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::ImapError;
 use crate::config::ImapConfig;
@@ -97,24 +96,7 @@ async fn handshake(
 }
 
 fn tls_config(cfg: &ImapConfig) -> Result<ClientConfig, ImapError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if !cfg.ca_file.is_empty() {
-        let certs = CertificateDer::pem_file_iter(&cfg.ca_file)
-            .map_err(|e| ImapError::Tls(format!("ca_file {}: {e}", cfg.ca_file)))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| ImapError::Tls(format!("ca_file {}: {e}", cfg.ca_file)))?;
-            roots
-                .add(cert)
-                .map_err(|e| ImapError::Tls(format!("ca_file {}: {e}", cfg.ca_file)))?;
-        }
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ImapError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::ops::tls::client_config(&cfg.ca_file).map_err(ImapError::Tls)
 }
 
 /// XOAUTH2 (RFC 7628's predecessor, as Gmail and Microsoft 365 speak it).
