@@ -409,6 +409,67 @@ fn roundtrip(postgres: bool) {
         "{to_name:?}"
     );
 
+    // 7. A reply to an address whose mailbox does not exist: Dovecot refuses it, Postfix
+    // returns a DSN to the reply's VERP address, and the gateway marks the reply failed and
+    // notes why on its ticket.
+    submit_raw(
+        postfix.port,
+        "ghost@customer.test",
+        &["support@acme.test"],
+        "From: Ghost <ghost@customer.test>\r\nTo: support@acme.test\r\nSubject: Boo\r\nMessage-ID: <ghost.1@client.customer.test>\r\nDate: Sat, 21 Nov 2026 13:00:00 +0000\r\n\r\nAnyone there?\r\n",
+    );
+    let ghost_ticket = wait_for(Duration::from_secs(60), || {
+        let (_, page) = http(
+            gw.http_port,
+            "GET",
+            &format!("/organizations/{org}/tickets/"),
+            &token,
+            None,
+        );
+        page["results"]
+            .as_array()?
+            .iter()
+            .find(|t| t["subject"] == "Boo")
+            .and_then(|t| t["id"].as_i64())
+    })
+    .expect("the ghost's ticket");
+    let (code, body) = http(
+        gw.http_port,
+        "POST",
+        &format!("/organizations/{org}/tickets/{ghost_ticket}/messages/"),
+        &token,
+        Some(&json!({"content": "Hello?"})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let noted = wait_for(Duration::from_secs(90), || {
+        let msgs = messages_of(gw.http_port, &token, org, ghost_ticket);
+        let failed = msgs
+            .iter()
+            .any(|m| m["role"] == "associate" && m["delivery_state"] == "failed");
+        let note = msgs
+            .iter()
+            .find(|m| m["role"] == "system")
+            .and_then(|m| m["content"].as_str().map(str::to_string));
+        (failed && note.is_some()).then_some(note)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no bounce recorded on ticket {ghost_ticket}: {:#?}\n{}\n{}",
+            messages_of(gw.http_port, &token, org, ghost_ticket),
+            gw.log(),
+            postfix.log()
+        )
+    });
+    assert!(noted.is_some_and(|n| !n.is_empty()));
+    let (_, tickets) = http(
+        gw.http_port,
+        "GET",
+        &format!("/organizations/{org}/tickets/"),
+        &token,
+        None,
+    );
+    assert_eq!(tickets["count"], 2, "the DSN opened no ticket: {tickets}");
+
     drop(gw);
     drop(postfix);
     if let Some((_, db)) = pg {
