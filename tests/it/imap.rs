@@ -860,3 +860,48 @@ async fn imap_idle_is_reissued() {
     run.stop().await;
     gw.cleanup().await;
 }
+
+/// A message the gateway cannot take (no sender at all) stays in the mailbox, marked with
+/// `$InitdeskRejected`, and does not block the ones behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_unusable_message_stays_and_does_not_block() {
+    let dovecot = Dovecot::start(&[SUPPORT]).await;
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let mut src = source(&gw.store, "acme.test", "support", &dovecot, SUPPORT).await;
+    src.config.after = "delete".into();
+    let bad = dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            b"To: support@acme.test\r\nSubject: no sender\r\n\r\nwho am I\r\n",
+        )
+        .await;
+    dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &mail("ok@customer.test", "behind it"),
+        )
+        .await;
+    let run = start(&gw, vec![src], "one", global(30));
+    expect_subjects(
+        &gw.store,
+        "acme.test",
+        &["behind it"],
+        Duration::from_secs(20),
+    )
+    .await;
+    run.wait_state("acme.test/support", "idle", Duration::from_secs(10))
+        .await;
+    let left = dovecot.messages(SUPPORT.0, SUPPORT.1, "INBOX").await;
+    assert_eq!(left.len(), 1, "only the unusable one stays: {left:?}");
+    assert_eq!(left[0].0, bad);
+    assert!(
+        left[0].1.iter().any(|f| f == "$InitdeskRejected"),
+        "marked: {left:?}"
+    );
+    run.stop().await;
+    gw.cleanup().await;
+}
