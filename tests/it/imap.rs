@@ -905,3 +905,60 @@ async fn imap_unusable_message_stays_and_does_not_block() {
     run.stop().await;
     gw.cleanup().await;
 }
+
+/// With `after = "seen"` mail someone has already read is left alone, before and after the
+/// first fetch, and is not taken later either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_seen_mode_leaves_read_mail_alone() {
+    let dovecot = Dovecot::start(&[SUPPORT]).await;
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let src = source(&gw.store, "acme.test", "support", &dovecot, SUPPORT).await;
+    dovecot
+        .append_with_flags(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &["\\Seen"],
+            &mail("old@customer.test", "read long ago"),
+        )
+        .await;
+    dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &mail("new@customer.test", "unread"),
+        )
+        .await;
+    dovecot
+        .append_with_flags(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &["\\Seen"],
+            &mail("old@customer.test", "read too"),
+        )
+        .await;
+    let run = start(&gw, vec![src], "one", global(30));
+    expect_subjects(&gw.store, "acme.test", &["unread"], Duration::from_secs(20)).await;
+    run.wait_state("acme.test/support", "idle", Duration::from_secs(10))
+        .await;
+    // New mail after that is taken, the read mail still is not.
+    dovecot
+        .append(
+            SUPPORT.0,
+            SUPPORT.1,
+            "INBOX",
+            &mail("new@customer.test", "later"),
+        )
+        .await;
+    expect_subjects(
+        &gw.store,
+        "acme.test",
+        &["later", "unread"],
+        Duration::from_secs(10),
+    )
+    .await;
+    run.stop().await;
+    gw.cleanup().await;
+}

@@ -113,14 +113,12 @@ impl Mailbox<'_> {
             // place; finish their after-action now (they are never fetched again).
             self.sweep().await?;
         }
-        let mut first = fresh;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
             }
             self.shared.status.set_state(&self.source.name, "fetching");
-            let committed = self.drain(first, stop).await?;
-            first = false;
+            let committed = self.drain(stop).await?;
             self.shared.status.synced(&self.source.name, committed);
             if stop.is_cancelled() {
                 return Ok(());
@@ -214,16 +212,11 @@ impl Mailbox<'_> {
         .await
     }
 
-    /// New messages above the position, with their sizes, in UID order. On the first pass
-    /// over a new mailbox with `after = "seen"`, only unseen ones: a mailbox a team has been
-    /// reading by hand should not turn its whole history into tickets.
-    async fn pending(&mut self, first: bool) -> Result<Vec<(u32, u64)>, ImapError> {
+    /// New messages above the position, with their sizes, in UID order, and the highest UID
+    /// listed. With `after = "seen"` only unseen ones: a mailbox a team has been reading by
+    /// hand should not turn its history into tickets, and mail someone already read is theirs.
+    async fn pending(&mut self) -> Result<(Vec<(u32, u64)>, u32), ImapError> {
         let from = self.last_uid.saturating_add(1);
-        let wanted: Option<HashSet<u32>> = if first && self.after == After::Seen {
-            Some(self.search(&format!("UID {from}:* UNSEEN")).await?)
-        } else {
-            None
-        };
         let session = live(&mut self.session)?;
         let timeout = self.timeout;
         let mut sizes: Vec<(u32, u64)> = within(timeout, "UID FETCH sizes", async {
@@ -238,17 +231,28 @@ impl Mailbox<'_> {
         })
         .await?;
         // `n:*` always names the last message, even when its UID is below n.
-        sizes.retain(|(uid, _)| *uid >= from && wanted.as_ref().is_none_or(|w| w.contains(uid)));
+        sizes.retain(|(uid, _)| *uid >= from);
+        let top = sizes.iter().map(|(uid, _)| *uid).max().unwrap_or(0);
+        // Searched after the listing and only up to its end: mail arriving in between gets
+        // a higher UID and waits for the next pass instead of being skipped as "read".
+        let wanted: Option<HashSet<u32>> = if self.after == After::Seen && top >= from {
+            Some(self.search(&format!("UID {from}:{top} UNSEEN")).await?)
+        } else {
+            None
+        };
+        sizes.retain(|(uid, _)| wanted.as_ref().is_none_or(|w| w.contains(uid)));
         sizes.sort_unstable();
         sizes.dedup_by_key(|(uid, _)| *uid);
-        Ok(sizes)
+        Ok((sizes, top))
     }
 
     /// Fetches and commits everything new, batch by batch; returns how many were committed.
     /// The next batch is fetched while the previous one commits.
-    async fn drain(&mut self, first: bool, stop: &CancellationToken) -> Result<u64, ImapError> {
-        let pending = self.pending(first).await?;
+    async fn drain(&mut self, stop: &CancellationToken) -> Result<u64, ImapError> {
+        let (pending, top) = self.pending().await?;
         if pending.is_empty() {
+            // Only read mail above the position: move past it.
+            self.advance(top).await?;
             return Ok(0);
         }
         tracing::debug!(mailbox = %self.source.name, count = pending.len(), "IMAP messages to fetch");
@@ -293,7 +297,33 @@ impl Mailbox<'_> {
         if let Some((uids, rejected, task)) = in_flight.take() {
             committed += self.finish(uids, rejected, task).await?;
         }
+        if !stop.is_cancelled() {
+            // Everything listed was taken or deliberately skipped (already read).
+            self.advance(top).await?;
+        }
         Ok(committed)
+    }
+
+    /// Moves the position to `uid` when that is forward.
+    async fn advance(&mut self, uid: u32) -> Result<(), ImapError> {
+        if uid <= self.last_uid {
+            return Ok(());
+        }
+        let mut tx = self.shared.store.begin().await?;
+        state::save_position(
+            &mut tx,
+            self.source.org_id,
+            self.source.inbox_id,
+            &self.source.key(),
+            Position {
+                uidvalidity: self.uidvalidity,
+                last_uid: uid,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.last_uid = uid;
+        Ok(())
     }
 
     /// Fetches one batch's bodies; messages over the size limit are not fetched at all.
