@@ -258,8 +258,9 @@ ensure_postfix_and_swaks() {
         missing+=(postfix)
     fi
     have swaks || missing+=(swaks)
-    # The tests submit mail with Python's smtplib too.
+    # The tests submit mail with Python's smtplib too, and make TLS certificates with openssl.
     have python3 || missing+=(python3)
+    have openssl || missing+=(openssl)
     if [[ ${#missing[@]} -gt 0 ]]; then
         if [[ " ${missing[*]} " == *" postfix "* ]]; then
             # "No configuration": the package writes no /etc/postfix/main.cf, asks nothing,
@@ -276,6 +277,7 @@ ensure_postfix_and_swaks() {
     fi
     have swaks || die "swaks is still missing after installing it (apt-get install swaks)"
     have python3 || die "python3 is still missing after installing it (apt-get install python3)"
+    have openssl || die "openssl is still missing after installing it (apt-get install openssl)"
     have postfix || postfix_bin=/usr/sbin/postfix
     # Should the package have started its own instance anyway, it is ours to stop: the tests
     # run private instances and want no system one around. One that was there before this
