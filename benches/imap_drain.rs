@@ -1,7 +1,8 @@
 //! IMAP drain benchmark (issue 4): a backlog of generated mail in a real, private Dovecot,
 //! drained into SQLite by the release `initdesk-gateway serve` running as a child process.
 //!
-//! `cargo bench --bench imap_drain -- [--messages N] [--batch B] [--after seen|delete|move:FOLDER]`
+//! `cargo bench --bench imap_drain -- [--messages N] [--batch B] [--after seen|delete|move:FOLDER]
+//! [--seed S] [--fetch-only]`
 //!
 //! The backlog (10,000 messages by default) is appended to `support@acme.test`'s INBOX before
 //! the gateway starts (not timed). The clock starts when the gateway's `/readyz` first answers
@@ -10,6 +11,9 @@
 //! (per thread kind), of Dovecot and of the rest of the machine; then checks the mailbox (every
 //! message flagged, deleted or moved) and the database (one ticket per new request, one
 //! message row per message) and fails loudly when anything is missing.
+//!
+//! `--fetch-only` is a diagnostic: no gateway; this process fetches the backlog in batches with
+//! the same IMAP crate and reports the client's and Dovecot's CPU time.
 //!
 //! Without `--bench` (`cargo test --all-targets`) it is a quick smoke run of 200 messages.
 
@@ -48,6 +52,9 @@ struct Options {
     batch: usize,
     after: String,
     seed: u64,
+    /// Diagnostic: fetch the backlog with async-imap in this process instead of running the
+    /// gateway (what the fetcher's IMAP side costs on its own).
+    fetch_only: bool,
 }
 
 fn options() -> Options {
@@ -56,6 +63,7 @@ fn options() -> Options {
         batch: 200,
         after: "seen".into(),
         seed: 4,
+        fetch_only: false,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -69,6 +77,7 @@ fn options() -> Options {
             "--batch" => o.batch = value().parse().expect("--batch B"),
             "--after" => o.after = value(),
             "--seed" => o.seed = value().parse().expect("--seed S"),
+            "--fetch-only" => o.fetch_only = true,
             _ => {}
         }
     }
@@ -137,6 +146,11 @@ fn main() {
         s.html_only,
         s.attachments
     );
+
+    if o.fetch_only {
+        rt.block_on(fetch_only(&dovecot, o.batch, o.messages));
+        return;
+    }
 
     // --- The drain (timed) -------------------------------------------------------------------
     let mut gw = Gateway::start(&o, dovecot.port);
@@ -299,6 +313,62 @@ fn main() {
         "the gateway logged errors"
     );
     println!("checks passed: mailbox and database hold what was generated");
+}
+
+/// `--fetch-only`: the IMAP half of a drain without the gateway. The sizes, then every body in
+/// batches of `batch` (`UID FETCH n:m (UID BODY.PEEK[])`, as the fetcher sends it), with the
+/// async-imap crate the gateway uses, on one connection; reports wall and CPU time of this
+/// process and of Dovecot.
+async fn fetch_only(dovecot: &Dovecot, batch: usize, messages: usize) {
+    use futures_util::TryStreamExt as _;
+    let mut imap = dovecot.login(USER, PASSWORD).await;
+    imap.select("INBOX").await.expect("SELECT INBOX");
+    let (own, dove, machine) = (proc_cpu("self"), dovecot_cpu(dovecot), machine_cpu().0);
+    let started = Instant::now();
+    let sizes: Vec<_> = imap
+        .uid_fetch("1:*", "(UID RFC822.SIZE)")
+        .await
+        .expect("UID FETCH sizes")
+        .try_collect()
+        .await
+        .expect("UID FETCH sizes");
+    let listed = started.elapsed();
+    let mut uids: Vec<u32> = sizes.iter().filter_map(|f| f.uid).collect();
+    uids.sort_unstable();
+    let (mut fetched, mut bytes) = (0usize, 0usize);
+    for chunk in uids.chunks(batch.max(1)) {
+        let set = format!("{}:{}", chunk[0], chunk[chunk.len() - 1]);
+        let mut stream = imap
+            .uid_fetch(&set, "(UID BODY.PEEK[])")
+            .await
+            .expect("UID FETCH bodies");
+        while let Some(f) = stream.try_next().await.expect("UID FETCH bodies") {
+            if let Some(body) = f.body() {
+                let copy = body.to_vec();
+                bytes += copy.len();
+                fetched += 1;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (own, dove, machine) = (
+        proc_cpu("self") - own,
+        dovecot_cpu(dovecot) - dove,
+        machine_cpu().0 - machine,
+    );
+    imap.logout().await.expect("LOGOUT");
+    assert_eq!(fetched, messages, "not every body was fetched");
+    println!(
+        "fetch only: {fetched} bodies ({:.1} MB) in {seconds:.2} s ({:.0} msg/s; sizes listed in \
+         {:.2} s), client CPU {own:.2} s ({:.0} µs per message), Dovecot CPU {dove:.2} s ({:.0} µs \
+         per message), rest of the machine {:.2} s",
+        bytes as f64 / 1e6,
+        fetched as f64 / seconds,
+        listed.as_secs_f64(),
+        own * 1e6 / fetched as f64,
+        dove * 1e6 / fetched as f64,
+        machine - own - dove
+    );
 }
 
 /// The mailbox after the drain: every message flagged, or gone (to `move:` folder).

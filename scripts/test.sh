@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command of initdesk-gateway: `scripts/test.sh` from anywhere in the checkout.
 #
-# 1. Makes sure the real servers the tests talk to are up (PostgreSQL now; Dovecot and
-#    Postfix later). Tests never skip a server that is missing: this script provides it
-#    or stops with a message.
+# 1. Makes sure the real servers the tests talk to are there: PostgreSQL answers on
+#    127.0.0.1:5432 (started when absent); Dovecot (IMAP, LMTP), Postfix, swaks, python3 and
+#    openssl are installed (the tests start private Dovecot and Postfix instances). Tests
+#    never skip a server that is missing: this script provides it or stops with a message.
 # 2. Runs, stopping at the first failure: rustfmt check, clippy (warnings are errors),
 #    every test target.
 #
