@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! cargo bench --bench api_load -- [--backend sqlite|postgres|both] [--messages N]
-//!     [--tickets T] [--customers C] [--requests R] [--warmup W] [--connections K]
-//!     [--outbox N] [--outbox-concurrency 8,32] [--reuse] [--explain] [--skip-api]
-//!     [--skip-outbox] [--postgres-url URL]
+//!     [--tickets T] [--customers C] [--requests R] [--warmup W] [--connections 1,4]
+//!     [--outbox N] [--outbox-concurrency 8,32] [--reuse] [--explain] [--count-sql]
+//!     [--skip-api] [--skip-outbox] [--postgres-url URL]
 //! ```
 //!
 //! How it works, per backend:
@@ -17,7 +17,9 @@
 //!    the row number): statuses mostly closed and open ones among the newest, ~3 % spam,
 //!    timestamps over a year, ids in time order across both organizations, message bodies of
 //!    200 to 3,000 characters. The `ticket_list_counts` triggers of migration 0005 run as
-//!    usual and the result is checked against a `GROUP BY` of the tickets; the ticket
+//!    usual (tickets are inserted 5,000 per transaction: PostgreSQL cannot prune the counter
+//!    rows' old versions within one) and the result is checked against a `GROUP BY` of the
+//!    tickets; the ticket
 //!    counters are set to the highest number. PostgreSQL is then `VACUUM ANALYZE`d (what
 //!    autovacuum does on a live server); SQLite is not analysed (the gateway never runs
 //!    ANALYZE). `--reuse` keeps the generated database (a file under `target/api_load-cache`,
@@ -25,7 +27,8 @@
 //! 2. API latency: the release `initdesk-gateway serve` runs as a child process on that
 //!    database (its outbound relay is a closed port on 127.0.0.1 with retries an hour apart,
 //!    so queued replies fail once and wait). K keep-alive connections (raw HTTP/1.1, one
-//!    blocking thread each) send W warm-up requests, then R measured ones per kind: the
+//!    blocking thread each; each K of `--connections` in turn) send W warm-up requests,
+//!    then R measured ones per kind: the
 //!    ticket list (first page, and `?status=active`), an internal note and a visible reply
 //!    on random tickets. Reported: requests/s, p50/p99/max latency, the daemon's CPU per
 //!    request (and PostgreSQL's), its peak RSS.
@@ -33,8 +36,12 @@
 //!    transaction), then `outbox::Sender` runs in this process against a private Postfix on
 //!    127.0.0.1 whose transport map sends the customers' domains to `discard:`, timed until
 //!    every one of the N rows is `sent`; once per `--outbox-concurrency`.
-//! 4. `--explain`: query plans of the list and reply statements and an in-process breakdown
-//!    of the two endpoints (each store call timed, no HTTP), before step 2.
+//! 4. `--explain`: query plans of the list and reply statements, an in-process breakdown of
+//!    the two endpoints (each store call timed, SQL statements counted, no HTTP), four
+//!    concurrent in-process writers with and without an async mutex around the write
+//!    transaction, and on PostgreSQL prepared statements under `force_custom_plan` and
+//!    `auto`; before step 2. `--count-sql` (implied by `--explain`) counts the SQL
+//!    statements per sent outbox message.
 //!
 //! Without `--bench` (under `cargo test --all-targets`) it runs a smoke test: 2,000 messages,
 //! SQLite only, 100 requests per kind, 100 outbox messages. The outbox part needs root (for
@@ -89,6 +96,7 @@ const USAGE: &str = "usage: cargo bench --bench api_load -- [options]
   --outbox-concurrency A,B         SenderSettings.concurrency of each run (default 8,32)
   --reuse                          keep the generated database and run on a copy of it
   --explain                        query plans and an in-process breakdown of each endpoint
+  --count-sql                      also count the SQL statements per sent outbox message
   --skip-api | --skip-outbox       leave out one part
   --postgres-url URL               server (default $INITDESK_TEST_POSTGRES_URL or
                                    postgres://postgres@127.0.0.1:5432/test)";
@@ -125,6 +133,7 @@ struct Options {
     outbox_concurrency: Vec<usize>,
     reuse: bool,
     explain: bool,
+    count_sql: bool,
     skip_api: bool,
     skip_outbox: bool,
     postgres_url: String,
@@ -147,6 +156,7 @@ impl Options {
             outbox_concurrency: vec![8, 32],
             reuse: false,
             explain: false,
+            count_sql: false,
             skip_api: false,
             skip_outbox: false,
             postgres_url: std::env::var("INITDESK_TEST_POSTGRES_URL")
@@ -207,6 +217,7 @@ impl Options {
                 }
                 "--reuse" => o.reuse = true,
                 "--explain" => o.explain = true,
+                "--count-sql" => o.count_sql = true,
                 "--skip-api" => o.skip_api = true,
                 "--skip-outbox" => o.skip_outbox = true,
                 "--postgres-url" => o.postgres_url = value()?,
@@ -336,6 +347,11 @@ fn run(o: &Options) -> Result<()> {
     }
 
     println!("\n## Results\n");
+    if o.smoke {
+        println!(
+            "(smoke run: a tiny data set and a debug build; the figures say nothing about the targets)\n"
+        );
+    }
     if !api_rows.is_empty() {
         println!(
             "| backend | request | connections | requests | req/s | p50 ms | p99 ms | max ms | daemon CPU ms/req | PostgreSQL CPU ms/req | response bytes | daemon peak RSS MB |"
@@ -1788,6 +1804,8 @@ async fn outbox_phase(
     ensure!(queued == n as i64, "{queued} rows queued, not {n}");
 
     let removed_before = pf.removed();
+    let tally = (o.count_sql || o.explain).then(sql_counter);
+    let sql0 = tally.as_ref().map(SqlTally::take);
     let blobs = tempfile::Builder::new()
         .prefix("api_load_blobs")
         .tempdir()?;
@@ -1825,6 +1843,10 @@ async fn outbox_phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
+    if let (Some(t), Some(before)) = (&tally, sql0) {
+        // Includes this loop's polls (one statement each 50 ms).
+        print_sql("outbox: per sent message", t.take(), before, n);
+    }
     let cpu_s = proc_cpu("/proc/self/stat") - cpu0;
     let pg_cpu_s = postgres_cpu() - pg0;
     stop.cancel();
@@ -2294,7 +2316,12 @@ async fn contention(w: &World, store: &store::Store, per_task: usize) -> Result<
         "\nfour concurrent writers in this process ({}, {per_task} internal notes each):",
         w.backend.name()
     );
-    for serialized in [false, true] {
+    // The first round opens the pool's connections and is not reported.
+    for (serialized, per_task, report) in [
+        (false, 3, false),
+        (false, per_task, true),
+        (true, per_task, true),
+    ] {
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let mut tasks = Vec::new();
         for task in 0..4u64 {
@@ -2333,6 +2360,9 @@ async fn contention(w: &World, store: &store::Store, per_task: usize) -> Result<
             let (a, b) = t.await??;
             waits.0.extend(a);
             totals.0.extend(b);
+        }
+        if !report {
+            continue;
         }
         let label = if serialized {
             "serialized by an async mutex"

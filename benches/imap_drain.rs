@@ -415,7 +415,7 @@ async fn check_database(url: &str, s: &Stats, messages: usize) {
     let store = initdesk_gateway::store::open(url, 1)
         .await
         .expect("open the gateway's database");
-    let initdesk_gateway::store::Store::Sqlite(pool) = &store else {
+    let initdesk_gateway::store::Store::Sqlite(pool, _) = &store else {
         panic!("the bench runs on SQLite");
     };
     let mut counts = BTreeMap::new();

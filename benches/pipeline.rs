@@ -785,7 +785,7 @@ async fn run_on(
         let s = store::open(url, 8)
             .await
             .map_err(|e| format!("open {url}: {e}"))?;
-        if let (Store::Sqlite(pool), Some(pragmas)) = (&s, &opts.sqlite_pragmas) {
+        if let (Store::Sqlite(pool, _), Some(pragmas)) = (&s, &opts.sqlite_pragmas) {
             apply_pragmas(pool, pragmas)
                 .await
                 .map_err(|e| format!("--sqlite-pragmas: {e}"))?;
@@ -991,7 +991,7 @@ async fn statement_roundtrip(store: &Store) -> Result<f64, sqlx::Error> {
     const N: u32 = 2000;
     let start;
     match store {
-        Store::Sqlite(p) => {
+        Store::Sqlite(p, _) => {
             let mut tx = p.begin().await?;
             start = Instant::now();
             for _ in 0..N {
@@ -1025,7 +1025,7 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
         ("quarantine", "SELECT COUNT(*) FROM quarantine"),
     ] {
         let n: i64 = match store {
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Store::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_one(p).await?,
             Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
         };
         r.db.insert(name.into(), n);
@@ -1034,7 +1034,7 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
         format!("SELECT {col}, COUNT(*) FROM messages GROUP BY {col} ORDER BY COUNT(*) DESC, {col}")
     };
     r.threaded_by = match store {
-        Store::Sqlite(p) => {
+        Store::Sqlite(p, _) => {
             sqlx::query_as(sqlx::AssertSqlSafe(grouped("threaded_by")))
                 .fetch_all(p)
                 .await?
@@ -1046,7 +1046,7 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
         }
     };
     r.languages = match store {
-        Store::Sqlite(p) => {
+        Store::Sqlite(p, _) => {
             sqlx::query_as(sqlx::AssertSqlSafe(grouped("language")))
                 .fetch_all(p)
                 .await?

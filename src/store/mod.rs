@@ -113,7 +113,8 @@ pub enum Backend {
 /// The database: one pool of the configured backend.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    /// The pool, and the gate every write transaction of this process passes one at a time.
+    Sqlite(SqlitePool, WriteGate),
     Postgres(PgPool),
 }
 
@@ -132,16 +133,44 @@ pub enum Tx {
 pub struct SqliteTx {
     conn: PoolConnection<Sqlite>,
     open: bool,
+    /// Held by a write transaction until it ends.
+    _gate: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// Queues this process's SQLite write transactions in order. SQLite lets one writer in at a
+/// time and makes the others poll with growing sleeps (1, 2, 5 ... 100 ms), which measured
+/// as 80 ms p99 for 0.5 ms transactions under four concurrent API writers; a queue wakes the
+/// next writer at once. Other processes (`deliver`) still meet the busy timeout.
+pub type WriteGate = std::sync::Arc<tokio::sync::Semaphore>;
+
+/// How long a write waits for the gate before it is a temporary failure (as the busy timeout).
+const WRITE_GATE_WAIT: Duration = Duration::from_secs(10);
+
 impl SqliteTx {
-    async fn begin(pool: &SqlitePool, statement: &'static str) -> Result<Self, StoreError> {
+    async fn begin(
+        pool: &SqlitePool,
+        statement: &'static str,
+        gate: Option<&WriteGate>,
+    ) -> Result<Self, StoreError> {
+        let permit = match gate {
+            Some(gate) => Some(
+                tokio::time::timeout(WRITE_GATE_WAIT, gate.clone().acquire_owned())
+                    .await
+                    .map_err(|_| StoreError::Db(sqlx::Error::PoolTimedOut))?
+                    .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))?,
+            ),
+            None => None,
+        };
         let mut conn = pool.acquire().await?;
         if let Err(e) = sqlx::query(statement).execute(&mut *conn).await {
             conn.close_on_drop();
             return Err(e.into());
         }
-        Ok(Self { conn, open: true })
+        Ok(Self {
+            conn,
+            open: true,
+            _gate: permit,
+        })
     }
 
     async fn finish(mut self, statement: &'static str) -> Result<(), StoreError> {
@@ -199,7 +228,10 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await?;
-            Ok(Store::Sqlite(pool))
+            Ok(Store::Sqlite(
+                pool,
+                std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            ))
         } else {
             // Generic plans cached while the tables were nearly empty keep choosing the wrong index
             // for the duplicate and rate-limit lookups as the tables grow (measured: 10 M index
@@ -218,7 +250,7 @@ impl Store {
     /// Creates or upgrades the schema.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(p) => {
+            Store::Sqlite(p, _) => {
                 // sqlx locks migrations on PostgreSQL (an advisory lock) but not on SQLite, and
                 // an MTA may start several `deliver`s on a fresh file at once: a file lock
                 // beside the database serializes them.
@@ -254,7 +286,7 @@ impl Store {
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         match self {
-            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Sqlite(..) => Backend::Sqlite,
             Store::Postgres(_) => Backend::Postgres,
         }
     }
@@ -263,7 +295,9 @@ impl Store {
     /// so two writers queue on the busy timeout instead of failing on lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN IMMEDIATE").await?),
+            Store::Sqlite(p, gate) => {
+                Tx::Sqlite(SqliteTx::begin(p, "BEGIN IMMEDIATE", Some(gate)).await?)
+            }
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -271,7 +305,7 @@ impl Store {
     /// Begins a transaction that only reads.
     pub async fn begin_read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN").await?),
+            Store::Sqlite(p, _) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN", None).await?),
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -289,7 +323,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite(p) => p.close().await,
+            Store::Sqlite(p, _) => p.close().await,
             Store::Postgres(p) => p.close().await,
         }
     }

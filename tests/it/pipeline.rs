@@ -25,7 +25,7 @@ fn to_support() -> Envelope {
 async fn poison(store: &Store) {
     let mut tx = store.begin().await.expect("begin");
     match store {
-        Store::Sqlite(_) => {
+        Store::Sqlite(..) => {
             with_tx!(&mut tx, |c| sqlx::query(
                 "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.subject = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned message'); END"
             )
@@ -56,7 +56,7 @@ async fn cure(store: &Store) {
     .or_else(|_| Ok::<(), sqlx::Error>(()))
     .expect("drop");
     tx.commit().await.expect("commit");
-    if let Store::Sqlite(_) = store {
+    if let Store::Sqlite(..) = store {
         let mut tx = store.begin().await.expect("begin");
         with_tx!(&mut tx, |c| sqlx::query("DROP TRIGGER IF EXISTS poison")
             .execute(c)
