@@ -223,6 +223,16 @@ fn main() {
     let metrics = gw.metrics().unwrap_or_default();
     let readyz = gw.readyz().unwrap_or_default();
     samples.push((seconds, imap_committed(&metrics), rss_end));
+    // /metrics counts every message by mailbox and outcome, as /readyz does.
+    assert_eq!(
+        imap_committed(&metrics),
+        o.messages as u64,
+        "initdesk_imap_messages_total in /metrics:\n{metrics}"
+    );
+    assert!(
+        readyz["imap"]["acme.test/support"]["state"].is_string(),
+        "/readyz lists the mailbox: {readyz}"
+    );
 
     // --- Figures -----------------------------------------------------------------------------
     let rate = o.messages as f64 / seconds;
@@ -288,6 +298,20 @@ fn main() {
 
     // --- Checks ------------------------------------------------------------------------------
     let log = gw.stop();
+    let imap_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("listeners::imap"))
+        .collect();
+    println!(
+        "gateway log, IMAP fetcher ({} lines):\n  {}",
+        imap_lines.len(),
+        imap_lines
+            .iter()
+            .take(10)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
     let noteworthy: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
