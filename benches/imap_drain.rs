@@ -300,7 +300,7 @@ fn main() {
     let log = gw.stop();
     let imap_lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("listeners::imap"))
+        .filter(|l| l.contains("IMAP") || l.contains("mailbox="))
         .collect();
     println!(
         "gateway log, IMAP fetcher ({} lines):\n  {}",
