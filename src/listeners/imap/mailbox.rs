@@ -118,8 +118,8 @@ impl Mailbox<'_> {
                 return Ok(());
             }
             self.shared.status.set_state(&self.source.name, "fetching");
-            let committed = self.drain(stop).await?;
-            self.shared.status.synced(&self.source.name, committed);
+            self.drain(stop).await?;
+            self.shared.status.synced(&self.source.name);
             if stop.is_cancelled() {
                 return Ok(());
             }
@@ -414,9 +414,11 @@ impl Mailbox<'_> {
         if !done.is_empty() {
             self.after_action(&done).await?;
         }
+        let count = done.len() as u64;
+        self.shared.status.committed(&self.source.name, count);
         match stopped_at {
             Some((uid, e)) => Err(ImapError::Ingest(format!("UID {uid}: {e}"))),
-            None => Ok(done.len() as u64),
+            None => Ok(count),
         }
     }
 

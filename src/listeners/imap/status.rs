@@ -65,10 +65,14 @@ impl ImapStatus {
         metrics::gauge!("initdesk_imap_failing", "mailbox" => mailbox.to_string()).set(0.0);
     }
 
-    /// Counts committed messages and notes the time of a completed sync.
-    pub fn synced(&self, mailbox: &str, committed: u64) {
+    /// Counts messages committed by one batch (so a long backlog shows its progress).
+    pub fn committed(&self, mailbox: &str, count: u64) {
+        self.update(mailbox, |s| s.committed += count);
+    }
+
+    /// Notes the time of a sync that read the mailbox to its end.
+    pub fn synced(&self, mailbox: &str) {
         self.update(mailbox, |s| {
-            s.committed += committed;
             s.last_sync = Some(chrono::Utc::now().to_rfc3339());
         });
     }
