@@ -7,7 +7,7 @@ use lettre::{Address, Message};
 
 use crate::pipeline::thread::ReplyTokens;
 use crate::store::blobs::BlobStore;
-use crate::store::tickets::{self, Message as Row};
+use crate::store::tickets;
 use crate::store::{StoreError, Tx, orgs, parse_json_list};
 
 /// Why a message cannot be composed.
@@ -38,15 +38,13 @@ pub async fn compose(
     org_id: i64,
     message_id: i64,
 ) -> Result<Outgoing, ComposeError> {
-    let thread = tickets::thread_of(tx, org_id, message_id)
+    let row = tickets::messages_by_ids(tx, org_id, &[message_id])
         .await?
+        .pop()
         .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} does not exist")))?;
-    let (ticket, messages) = thread;
-    let row = messages
-        .iter()
-        .find(|m| m.id == message_id)
-        .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} is not on its ticket")))?
-        .clone();
+    let ticket = tickets::ticket_by_id(tx, org_id, row.ticket_id)
+        .await?
+        .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} has no ticket")))?;
     let org = orgs::get_org(tx, org_id)
         .await?
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} does not exist")))?;
@@ -115,14 +113,7 @@ pub async fn compose(
 
     // Threading: In-Reply-To the latest earlier message with an id, References the root and
     // the most recent ones.
-    let earlier: Vec<&Row> = messages
-        .iter()
-        .filter(|m| m.id < row.id && m.message_id_header.is_some())
-        .collect();
-    let ids: Vec<String> = earlier
-        .iter()
-        .filter_map(|m| m.message_id_header.clone())
-        .collect();
+    let ids = tickets::message_ids_before(tx, org_id, ticket.id, row.id).await?;
     let references: Vec<String> = if ids.len() > MAX_REFERENCES {
         let mut r = vec![ids[0].clone()];
         r.extend(ids[ids.len() - (MAX_REFERENCES - 1)..].iter().cloned());

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::thread::ReplyTokens;
 use crate::store::blobs::BlobStore;
-use crate::store::outbox::{self, Job};
+use crate::store::outbox::{self, Job, Settled};
 use crate::store::tickets::{self, NewMessage};
 use crate::store::{Store, StoreError};
 use compose::ComposeError;
@@ -231,7 +231,7 @@ impl Sender {
 
     async fn record_sent(&self, job: &Job) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
-        outbox::mark_sent(&mut tx, job.organization_id, job.id).await?;
+        outbox::settle(&mut tx, job.organization_id, job.id, &Settled::Sent).await?;
         if let Some(message_id) = job.message_id {
             tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "sent").await?;
         }
@@ -250,7 +250,13 @@ impl Sender {
         metrics::counter!("initdesk_outbox_retries_total").increment(1);
         let next = outbox::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
         let mut tx = self.store.begin().await?;
-        outbox::retry_later(&mut tx, job.organization_id, job.id, next, reason).await?;
+        outbox::settle(
+            &mut tx,
+            job.organization_id,
+            job.id,
+            &Settled::RetryAt(next, reason),
+        )
+        .await?;
         if let Some(message_id) = job.message_id {
             tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "retrying")
                 .await?;
@@ -267,7 +273,13 @@ impl Sender {
         );
         metrics::counter!("initdesk_outbox_failed_total", "kind" => job.kind.clone()).increment(1);
         let mut tx = self.store.begin().await?;
-        outbox::mark_failed(&mut tx, job.organization_id, job.id, reason).await?;
+        outbox::settle(
+            &mut tx,
+            job.organization_id,
+            job.id,
+            &Settled::Failed(reason),
+        )
+        .await?;
         if let Some(message_id) = job.message_id
             && let Some((ticket_id, _)) =
                 tickets::outbound_message(&mut tx, job.organization_id, message_id).await?

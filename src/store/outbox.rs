@@ -97,63 +97,43 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// Marks a row handed over.
-pub async fn mark_sent(tx: &mut Tx, org_id: i64, id: i64) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE outbox SET state = 'sent', claimed_by = NULL, claimed_until_ms = NULL, last_error = '', updated_at = $3
-         WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org_id)
-    .bind(id)
-    .bind(now())
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
-    })?;
-    Ok(())
+/// How a claimed row ends its attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled<'a> {
+    /// Handed over (the relay said 250, the webhook answered 2xx).
+    Sent,
+    /// Another attempt at this time (milliseconds since the epoch), after this error.
+    RetryAt(i64, &'a str),
+    /// Given up, for this reason.
+    Failed(&'a str),
 }
 
-/// Puts a row back for another attempt at `next_attempt_ms`.
-pub async fn retry_later(
+/// Ends the attempt on a claimed row: the claim is released and the state recorded.
+pub async fn settle(
     tx: &mut Tx,
     org_id: i64,
     id: i64,
-    next_attempt_ms: i64,
-    error: &str,
+    how: &Settled<'_>,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE outbox SET state = 'pending', claimed_by = NULL, claimed_until_ms = NULL, next_attempt_ms = $3, last_error = $4, updated_at = $5
+    let (state, next_attempt_ms, error) = match how {
+        Settled::Sent => ("sent", None, ""),
+        Settled::RetryAt(at, error) => ("pending", Some(*at), *error),
+        Settled::Failed(error) => ("failed", None, *error),
+    };
+    with_tx!(tx, |c| sqlx::query(
+        "UPDATE outbox SET state = $3, claimed_by = NULL, claimed_until_ms = NULL,
+           next_attempt_ms = COALESCE($4, next_attempt_ms), last_error = $5, updated_at = $6
          WHERE organization_id = $1 AND id = $2"
     )
     .bind(org_id)
     .bind(id)
+    .bind(state)
     .bind(next_attempt_ms)
     .bind(super::clean_text(error))
     .bind(now())
     .execute(c)
     .await
-    .map(|r| r.rows_affected())
-    })?;
-    Ok(())
-}
-
-/// Gives up on a row.
-pub async fn mark_failed(tx: &mut Tx, org_id: i64, id: i64, error: &str) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE outbox SET state = 'failed', claimed_by = NULL, claimed_until_ms = NULL, last_error = $3, updated_at = $4
-         WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org_id)
-    .bind(id)
-    .bind(super::clean_text(error))
-    .bind(now())
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
-    })?;
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 

@@ -316,27 +316,24 @@ pub async fn messages_by_ids(
     Ok(out)
 }
 
-/// The ticket of message `message_id` and that ticket's messages (oldest first).
-pub async fn thread_of(
+/// The Message-IDs of a ticket's messages before message `before`, oldest first: what a
+/// reply's In-Reply-To and References are made of.
+pub async fn message_ids_before(
     tx: &mut Tx,
     org_id: i64,
-    message_id: i64,
-) -> Result<Option<(Ticket, Vec<Message>)>, StoreError> {
-    let ticket_id: Option<i64> = with_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT ticket_id FROM messages WHERE organization_id = $1 AND id = $2"
+    ticket_id: i64,
+    before: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(with_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT message_id_header FROM messages
+         WHERE organization_id = $1 AND ticket_id = $2 AND id < $3 AND message_id_header IS NOT NULL
+         ORDER BY id"
     )
     .bind(org_id)
-    .bind(message_id)
-    .fetch_optional(c)
-    .await)?;
-    let Some(ticket_id) = ticket_id else {
-        return Ok(None);
-    };
-    let Some(ticket) = ticket_by_id(tx, org_id, ticket_id).await? else {
-        return Ok(None);
-    };
-    let messages = list_messages(tx, org_id, ticket_id).await?;
-    Ok(Some((ticket, messages)))
+    .bind(ticket_id)
+    .bind(before)
+    .fetch_all(c)
+    .await)?)
 }
 
 /// The attachments of a message.

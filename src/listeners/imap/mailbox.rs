@@ -392,22 +392,7 @@ impl Mailbox<'_> {
             .copied()
             .max()
             .unwrap_or(self.last_uid);
-        if new_last > self.last_uid {
-            let mut tx = self.shared.store.begin().await?;
-            state::save_position(
-                &mut tx,
-                self.source.org_id,
-                self.source.inbox_id,
-                &self.source.key(),
-                Position {
-                    uidvalidity: self.uidvalidity,
-                    last_uid: new_last,
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            self.last_uid = new_last;
-        }
+        self.advance(new_last).await?;
         if !rejected.is_empty() {
             self.mark_rejected(&rejected).await?;
         }
