@@ -66,7 +66,7 @@ use initdesk_gateway::outbox::{Sender, SenderSettings};
 use initdesk_gateway::pipeline::ReplyTokens;
 use initdesk_gateway::store::blobs::FsBlobStore;
 use initdesk_gateway::store::views::{self, TicketFilter};
-use initdesk_gateway::store::{self, orgs, outbox, tickets};
+use initdesk_gateway::store::{self, orgs, outbox};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -2277,7 +2277,11 @@ async fn explain(w: &World, o: &Options) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Samples::add(&mut reply, t);
             let t = Instant::now();
-            let rows = tickets::messages_by_ids(&mut tx, org, &[created.message_id]).await?;
+            let rows: Vec<_> =
+                initdesk_gateway::store::views::message(&mut tx, org, created.message_id)
+                    .await?
+                    .into_iter()
+                    .collect();
             render_messages(&mut tx, org, public_url, rows)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;

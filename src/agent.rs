@@ -108,13 +108,13 @@ pub async fn reply(
     }
     let author =
         match req.author_id {
-            Some(id) => Some(replies::agent_by_id(tx, org_id, id).await?.ok_or_else(|| {
+            Some(id) => Some(agent_by_id(tx, org_id, id).await?.ok_or_else(|| {
                 invalid("author_id", format!("no agent {id} in this organization"))
             })?),
             None => None,
         };
     if let Some(id) = req.next_assignee_id
-        && replies::agent_by_id(tx, org_id, id).await?.is_none()
+        && agent_by_id(tx, org_id, id).await?.is_none()
     {
         return Err(invalid(
             "next_assignee_id",
@@ -293,6 +293,13 @@ async fn snapshot(
     Ok(dedup_ci(list))
 }
 
+/// An agent of the organization by id.
+async fn agent_by_id(tx: &mut Tx, org_id: i64, id: i64) -> Result<Option<orgs::User>, StoreError> {
+    Ok(crate::store::views::users_by_ids(tx, org_id, &[id])
+        .await?
+        .pop())
+}
+
 fn dedup(ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for id in ids {
@@ -374,7 +381,7 @@ pub async fn create_ticket(
         return Err(invalid("customer_name", "at most 255 characters"));
     }
     if let Some(id) = req.assignee_id
-        && replies::agent_by_id(tx, org_id, id).await?.is_none()
+        && agent_by_id(tx, org_id, id).await?.is_none()
     {
         return Err(invalid(
             "assignee_id",

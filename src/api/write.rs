@@ -81,8 +81,9 @@ pub async fn create_message(
             return Err(e.into());
         }
     };
-    let rows =
-        crate::store::tickets::messages_by_ids(&mut tx, scope.org_id, &[created.message_id]).await;
+    let rows = views::message(&mut tx, scope.org_id, created.message_id)
+        .await
+        .map(|m| m.into_iter().collect());
     let rendered = match rows {
         Ok(rows) => render_messages(&mut tx, scope.org_id, &state.public_url, rows).await,
         Err(e) => Err(e.into()),

@@ -38,9 +38,8 @@ pub async fn compose(
     org_id: i64,
     message_id: i64,
 ) -> Result<Outgoing, ComposeError> {
-    let row = tickets::messages_by_ids(tx, org_id, &[message_id])
+    let row = crate::store::views::message(tx, org_id, message_id)
         .await?
-        .pop()
         .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} does not exist")))?;
     let ticket = tickets::ticket_by_id(tx, org_id, row.ticket_id)
         .await?

@@ -171,7 +171,10 @@ async fn render(
     let is_spam = ticket.is_spam;
     let mut data = json!({ "ticket": ticket });
     if let Some(id) = message_id {
-        let rows = crate::store::tickets::messages_by_ids(tx, org_id, &[id]).await?;
+        let rows: Vec<_> = crate::store::views::message(tx, org_id, id)
+            .await?
+            .into_iter()
+            .collect();
         let mut out = crate::api::messages::render_messages(tx, org_id, public_url, rows).await?;
         if let Some(m) = out.pop() {
             data["message"] = serde_json::to_value(m).unwrap_or(Value::Null);

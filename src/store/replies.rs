@@ -136,21 +136,6 @@ pub async fn last_visible_snapshot(
     Ok(row.map(|r| parse_json_list(&r)))
 }
 
-/// An agent of the organization by id.
-pub async fn agent_by_id(
-    tx: &mut Tx,
-    org_id: i64,
-    id: i64,
-) -> Result<Option<super::orgs::User>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
-        "SELECT id, organization_id, email, name FROM users WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org_id)
-    .bind(id)
-    .fetch_optional(c)
-    .await)?)
-}
-
 /// Replaces a ticket's tags.
 pub async fn set_tags(
     tx: &mut Tx,

@@ -294,28 +294,6 @@ pub async fn list_messages(
         .await)?)
 }
 
-/// Messages by id within an organization, in id order.
-pub async fn messages_by_ids(
-    tx: &mut Tx,
-    org_id: i64,
-    ids: &[i64],
-) -> Result<Vec<Message>, StoreError> {
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = $1 AND id = $2");
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row: Option<Message> =
-            with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(org_id)
-                .bind(id)
-                .fetch_optional(c)
-                .await)?;
-        out.extend(row);
-    }
-    out.sort_by_key(|m| m.id);
-    Ok(out)
-}
-
 /// The Message-IDs of a ticket's messages before message `before`, oldest first: what a
 /// reply's In-Reply-To and References are made of.
 pub async fn message_ids_before(
