@@ -1,16 +1,28 @@
 //! The customer a message comes from: found or created by (organization, From address).
 
+use super::known::Known;
 use super::parse::Mailbox;
 use crate::store::tickets::{self, Customer};
-use crate::store::{StoreError, Tx};
+use crate::store::{StoreError, Tx, clean_text};
 
 /// Finds or creates the customer for `from`; the display name fills an empty name.
 /// Reply-To is deliberately not used: it is trivial to forge into someone else's identity.
-pub async fn resolve(
+pub(super) async fn resolve(
     tx: &mut Tx,
+    known: &mut Known,
     org_id: i64,
     from: &Mailbox,
     email_norm: &str,
 ) -> Result<Customer, StoreError> {
-    tickets::find_or_create_customer(tx, org_id, from.email.trim(), email_norm, &from.name).await
+    // A known customer needs no statement unless this mail names one still nameless.
+    if let Some(c) = known.customer(org_id, email_norm)
+        && (!c.name.is_empty() || clean_text(from.name.trim()).is_empty())
+    {
+        return Ok(c.clone());
+    }
+    let customer =
+        tickets::find_or_create_customer(tx, org_id, from.email.trim(), email_norm, &from.name)
+            .await?;
+    known.remember_customer(org_id, email_norm.to_string(), customer.clone());
+    Ok(customer)
 }

@@ -6,6 +6,7 @@
 //! undoes or blocks the others: it goes to the quarantine instead.
 
 pub mod customer;
+mod known;
 pub mod parse;
 pub mod policy;
 pub mod prepare;
@@ -20,7 +21,8 @@ pub use thread::ReplyTokens;
 
 use crate::config::{Config, LimitsConfig, PolicyConfig};
 use crate::store::blobs::{BlobStore, FsBlobStore};
-use crate::store::{Store, StoreError, Tx, quarantine, raw};
+use crate::store::{Store, StoreError, Tx, now, quarantine, raw};
+use known::Known;
 use prepare::{PrepareError, Prepared};
 use route::{Route, RouteCache};
 
@@ -166,9 +168,8 @@ struct Inner {
     /// Batches prepare concurrently but commit one at a time, in order: a reply in one batch
     /// must see the ticket its original opened in the batch before.
     commit_lock: tokio::sync::Mutex<()>,
-    /// One preparing message per core: more would only add blocking threads (and their
-    /// per-thread compressor state) without adding CPU.
-    prepare_slots: Arc<tokio::sync::Semaphore>,
+    /// Parses and renders messages, one thread per core, below the committing threads.
+    workers: prepare::Workers,
 }
 
 /// One message to ingest.
@@ -195,9 +196,7 @@ impl Pipeline {
                 tokens,
                 routes: RouteCache::default(),
                 commit_lock: tokio::sync::Mutex::new(()),
-                prepare_slots: Arc::new(tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism().map_or(2, |n| n.get()),
-                )),
+                workers: prepare::Workers::new(),
             }),
         }
     }
@@ -310,20 +309,19 @@ impl Pipeline {
         let org_id = route.entry.org.id;
         let raw = delivery.raw;
         let raw_for_task = raw.clone();
-        let Ok(slot) = self.inner.prepare_slots.clone().acquire_owned().await else {
-            return Staged::Rejected(IngestError::Failed("the pipeline is shutting down".into()));
-        };
-        let result = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            prepare::prepare(
-                &raw_for_task,
-                org_id,
-                &inner.settings.public_url,
-                &inner.settings.limits,
-                &inner.blobs,
-            )
-        })
-        .await;
+        let result = self
+            .inner
+            .workers
+            .run(move || {
+                prepare::prepare(
+                    &raw_for_task,
+                    org_id,
+                    &inner.settings.public_url,
+                    &inner.settings.limits,
+                    &inner.blobs,
+                )
+            })
+            .await;
         match result {
             Ok(Ok(p)) => Staged::Ready(Box::new(Ready {
                 route,
@@ -340,11 +338,11 @@ impl Pipeline {
                 raw,
                 reason,
             },
-            Err(join) => Staged::Quarantine {
+            Err(failure) => Staged::Quarantine {
                 org_id: Some(org_id),
                 envelope: delivery.envelope,
                 raw,
-                reason: format!("processing task failed: {join}"),
+                reason: format!("processing failed: {failure}"),
             },
         }
     }
@@ -386,8 +384,62 @@ impl Pipeline {
         let mut poisoned: std::collections::HashMap<usize, String> =
             std::collections::HashMap::new();
         let mut raced: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        // Set when keeping the batch's raw mail in one statement failed for a reason of its
+        // own: then each message keeps its own, so the failure has a message to blame.
+        let mut raw_each = false;
         'attempt: for _ in 0..=staged.len() {
             let mut tx = self.inner.store.begin().await?;
+            let accepted: Vec<&Ready> = staged
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Staged::Ready(r) if !poisoned.contains_key(&i) => Some(r.as_ref()),
+                    _ => None,
+                })
+                .filter(|r| record::refusal(&r.prepared.mail, &r.envelope).is_none())
+                .collect();
+            let senders: Vec<Option<String>> = accepted
+                .iter()
+                .map(|r| record::sender_norm(&r.prepared.mail, &r.envelope))
+                .collect();
+            let keys: Vec<known::Keys> = accepted
+                .iter()
+                .zip(&senders)
+                .map(|(r, sender)| known::Keys {
+                    org_id: r.route.entry.org.id,
+                    dedupe_key: &r.prepared.mail.dedupe_key,
+                    sender: sender.as_deref(),
+                })
+                .collect();
+            let window =
+                chrono::Duration::seconds(self.inner.settings.policy.rate_limit_window_secs);
+            let mut known = match Known::load(&mut tx, &keys, window, now()).await {
+                Ok(known) => known,
+                Err(e) => {
+                    tx.discard().await;
+                    return Err(e);
+                }
+            };
+            if !raw_each {
+                let rows: Vec<raw::NewRaw> = accepted
+                    .iter()
+                    .map(|r| raw::NewRaw {
+                        org_id: r.route.entry.org.id,
+                        sha256: &r.prepared.raw_sha256,
+                        size: r.prepared.raw_size,
+                        stored: &r.prepared.raw_stored,
+                    })
+                    .collect();
+                if let Err(e) = raw::insert_many(&mut tx, &rows).await {
+                    tx.discard().await;
+                    if e.is_transient() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "raw mail of the batch not kept in one statement; keeping it message by message");
+                    raw_each = true;
+                    continue 'attempt;
+                }
+            }
             let mut results: Vec<Option<Result<Outcome, IngestError>>> =
                 Vec::with_capacity(staged.len());
             for (index, item) in staged.iter().enumerate() {
@@ -413,7 +465,7 @@ impl Pipeline {
                             )
                             .await,
                         ),
-                        None => match self.apply_one(&mut tx, ready).await {
+                        None => match self.apply_one(&mut tx, ready, &mut known, !raw_each).await {
                             Applied::Done(result) => Some(result),
                             Applied::Raced if raced.insert(index) => {
                                 tx.discard().await;
@@ -470,7 +522,13 @@ impl Pipeline {
     }
 
     /// Decides and writes one message inside the batch transaction.
-    async fn apply_one(&self, tx: &mut Tx, ready: &Ready) -> Applied {
+    async fn apply_one(
+        &self,
+        tx: &mut Tx,
+        ready: &Ready,
+        known: &mut Known,
+        raw_kept: bool,
+    ) -> Applied {
         let ctx = record::Context {
             route: &ready.route,
             envelope: &ready.envelope,
@@ -479,8 +537,9 @@ impl Pipeline {
             policy: &self.inner.settings.policy,
             routes: &self.inner.routes,
             store: &self.inner.store,
+            raw_kept,
         };
-        match record::apply(tx, &ctx).await {
+        match record::apply(tx, &ctx, known).await {
             Ok(outcome) => Applied::Done(Ok(outcome)),
             // Refused before anything was written (record::apply checks the sender first).
             Err(record::Error::Unusable(reason)) => {

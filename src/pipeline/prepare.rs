@@ -45,6 +45,86 @@ pub enum PrepareError {
     Parse(String),
 }
 
+/// The threads that prepare messages: one per core, at a lower scheduling priority.
+///
+/// Commits are serial and every statement is a hand-off to SQLite's thread and back; when
+/// preparing threads take the cores those hand-offs wait for a time slice. Below them, the
+/// commit path runs as soon as it is ready, and preparing still gets every idle cycle.
+#[derive(Debug)]
+pub struct Workers {
+    pool: Option<rayon_core::ThreadPool>,
+}
+
+/// Nice value of preparing threads: low enough that commits go first, not idle-only.
+const WORKER_NICE: i32 = 10;
+
+impl Workers {
+    /// A pool with one thread per core (without one, preparing runs on the blocking pool).
+    pub fn new() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("prepare-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no prepare threads; using the blocking pool"))
+            .ok();
+        Self { pool }
+    }
+
+    /// Runs `job` on a preparing thread; a panic comes back as an error, never unwinds here.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, String>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let guarded = move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                .map_err(|p| panic_message(p.as_ref()))
+        };
+        match &self.pool {
+            Some(pool) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                pool.spawn(move || {
+                    // The receiver is gone only when the caller was cancelled.
+                    let _ = tx.send(guarded());
+                });
+                rx.await
+                    .unwrap_or_else(|_| Err("the preparing thread went away".into()))
+            }
+            None => tokio::task::spawn_blocking(guarded)
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
+        }
+    }
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Lowers the calling thread's priority (on Linux `setpriority` with 0 is per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and only changes this thread's nice value.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WORKER_NICE) };
+    #[cfg(not(target_os = "linux"))]
+    let rc = 0;
+    if rc != 0 {
+        tracing::debug!("could not lower the priority of a preparing thread");
+    }
+}
+
 /// Parses and renders `raw` for organization `org_id`, storing raw mail and attachments.
 pub fn prepare(
     raw: &[u8],

@@ -1,7 +1,8 @@
 //! Decides what a prepared message becomes and writes it: the customer, threading and
 //! policy steps in order, then the ticket, message and attachment rows.
 
-use super::parse::{AuthResult, Mailbox};
+use super::known::Known;
+use super::parse::{AuthResult, Mailbox, ParsedMail};
 use super::policy::{acknowledge, autoreply, bounce, cc, loops, spam};
 use super::prepare::Prepared;
 use super::route::{Route, RouteCache};
@@ -25,6 +26,8 @@ pub(super) struct Context<'a> {
     pub policy: &'a PolicyConfig,
     pub routes: &'a RouteCache,
     pub store: &'a Store,
+    /// The raw bytes were kept for the whole batch already ([`raw::insert_many`]).
+    pub raw_kept: bool,
 }
 
 /// A failure deciding or writing one message.
@@ -39,29 +42,45 @@ impl From<StoreError> for Error {
     }
 }
 
-/// Runs the decision steps and writes the result inside `tx`.
-pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Error> {
+/// Why a message is refused before anything is written, if it is.
+pub(super) fn refusal(mail: &ParsedMail, envelope: &Envelope) -> Option<String> {
+    (sender_of(mail, envelope).is_none() && mail.bounce.is_none())
+        .then(|| "no sender address in From, Sender or the envelope".into())
+}
+
+/// The normalized address of the sender the message is recorded under.
+pub(super) fn sender_norm(mail: &ParsedMail, envelope: &Envelope) -> Option<String> {
+    sender_of(mail, envelope).and_then(|m| normalize(&m.email))
+}
+
+/// Runs the decision steps and writes the result inside `tx`; `known` is the batch's view
+/// of what is stored, kept current here.
+pub(super) async fn apply(
+    tx: &mut Tx,
+    ctx: &Context<'_>,
+    known: &mut Known,
+) -> Result<Outcome, Error> {
     let mail = &ctx.prepared.mail;
     let org = &ctx.route.entry.org;
 
     // Refused before anything is written, so the batch transaction needs no undo.
-    if sender_of(ctx).is_none() && mail.bounce.is_none() {
-        return Err(Error::Unusable(
-            "no sender address in From, Sender or the envelope".into(),
-        ));
+    if let Some(reason) = refusal(mail, ctx.envelope) {
+        return Err(Error::Unusable(reason));
     }
 
     // Every accepted message's raw bytes are kept, whatever it becomes.
-    raw::insert(
-        tx,
-        org.id,
-        &ctx.prepared.raw_sha256,
-        ctx.prepared.raw_size,
-        &ctx.prepared.raw_stored,
-    )
-    .await?;
+    if !ctx.raw_kept {
+        raw::insert(
+            tx,
+            org.id,
+            &ctx.prepared.raw_sha256,
+            ctx.prepared.raw_size,
+            &ctx.prepared.raw_stored,
+        )
+        .await?;
+    }
 
-    let from = sender_of(ctx);
+    let from = sender_of(mail, ctx.envelope);
     if let Some(from) = &from
         && loops::is_own_address(ctx.routes, ctx.store, &from.email).await?
     {
@@ -74,9 +93,7 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         return Ok(Outcome::Loop);
     }
 
-    if let Some((ticket_id, message_id)) =
-        tickets::dedupe_key_exists(tx, org.id, &mail.dedupe_key).await?
-    {
+    if let Some((ticket_id, message_id)) = known.duplicate(org.id, &mail.dedupe_key) {
         log_outcome(
             tx,
             ctx,
@@ -149,8 +166,8 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &Context<'_>) -> Result<Outcome, Err
         threaded_by: decision.by,
     };
     match decision.ticket {
-        None => new_ticket(tx, ctx, &facts).await,
-        Some(ticket) => append(tx, ctx, &facts, ticket).await,
+        None => new_ticket(tx, ctx, known, &facts).await,
+        Some(ticket) => append(tx, ctx, known, &facts, ticket).await,
     }
 }
 
@@ -166,8 +183,7 @@ struct Facts<'a> {
 }
 
 /// From, else Sender, else the envelope sender: the first usable address.
-fn sender_of(ctx: &Context<'_>) -> Option<Mailbox> {
-    let mail = &ctx.prepared.mail;
+fn sender_of(mail: &ParsedMail, envelope: &Envelope) -> Option<Mailbox> {
     mail.from
         .clone()
         .filter(|m| normalize(&m.email).is_some())
@@ -177,7 +193,7 @@ fn sender_of(ctx: &Context<'_>) -> Option<Mailbox> {
                 .filter(|m| normalize(&m.email).is_some())
         })
         .or_else(|| {
-            let env = ctx.envelope.mail_from.as_deref()?;
+            let env = envelope.mail_from.as_deref()?;
             normalize(env).map(|_| Mailbox {
                 email: env.trim_matches(['<', '>']).to_string(),
                 name: String::new(),
@@ -185,17 +201,28 @@ fn sender_of(ctx: &Context<'_>) -> Option<Mailbox> {
         })
 }
 
-async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Outcome, Error> {
+async fn new_ticket(
+    tx: &mut Tx,
+    ctx: &Context<'_>,
+    known: &mut Known,
+    f: &Facts<'_>,
+) -> Result<Outcome, Error> {
     let org = &ctx.route.entry.org;
     let p = ctx.prepared;
     let mail = &p.mail;
-    let customer = customer::resolve(tx, org.id, f.from, f.from_norm).await?;
+    let customer = customer::resolve(tx, known, org.id, f.from, f.from_norm).await?;
+    let at = now();
     let spam_reason = if customer.is_spam {
         Some("customer is marked as spam".to_string())
     } else if let Some(v) = spam::upstream_verdict(&mail.headers) {
         Some(format!("upstream filter: {v}"))
     } else {
-        spam::rate_limited(tx, org.id, customer.id, ctx.policy, now()).await?
+        let since = spam::window_start(ctx.policy, at);
+        let opened = match known.opened_since(org.id, customer.id, since) {
+            Some(n) => n,
+            None => tickets::count_tickets_since(tx, org.id, customer.id, since).await?,
+        };
+        spam::over_rate_limit(opened, ctx.policy)
     };
     let creation = cc::creation_list(&ctx.route.entry, mail, &customer.email);
     let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &customer.email);
@@ -222,6 +249,7 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         },
     )
     .await?;
+    known.opened_ticket(org.id, customer.id, at);
     let written = Written {
         ticket_id,
         role: "customer",
@@ -229,7 +257,7 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
         spam_reason: spam_reason.as_deref().unwrap_or(""),
         customer_id: Some(customer.id),
     };
-    let message_id = insert_message(tx, ctx, f, &written).await?;
+    let message_id = insert_message(tx, ctx, known, f, &written).await?;
     // The first message travels inside ticket.created.
     webhook::enqueue(
         tx,
@@ -273,19 +301,22 @@ async fn new_ticket(tx: &mut Tx, ctx: &Context<'_>, f: &Facts<'_>) -> Result<Out
 async fn append(
     tx: &mut Tx,
     ctx: &Context<'_>,
+    known: &mut Known,
     f: &Facts<'_>,
     ticket: Ticket,
 ) -> Result<Outcome, Error> {
     let org = &ctx.route.entry.org;
     let mail = &ctx.prepared.mail;
-    let requester = tickets::customer_by_id(tx, org.id, ticket.customer_id)
-        .await?
-        .ok_or_else(|| {
-            StoreError::NotFound(format!(
-                "customer {} of ticket {}",
-                ticket.customer_id, ticket.id
-            ))
-        })?;
+    let requester = match known.customer_by_id(org.id, ticket.customer_id) {
+        Some(c) => Some(c.clone()),
+        None => tickets::customer_by_id(tx, org.id, ticket.customer_id).await?,
+    };
+    let requester = requester.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "customer {} of ticket {}",
+            ticket.customer_id, ticket.id
+        ))
+    })?;
     let is_requester = normalize(&requester.email) == normalize(&f.from.email);
     let role = if is_requester {
         "customer"
@@ -303,7 +334,7 @@ async fn append(
     let customer = if role == "associate" {
         None
     } else {
-        Some(customer::resolve(tx, org.id, f.from, f.from_norm).await?)
+        Some(customer::resolve(tx, known, org.id, f.from, f.from_norm).await?)
     };
     let upstream_spam =
         spam::upstream_verdict(&mail.headers).map(|v| format!("upstream filter: {v}"));
@@ -319,7 +350,7 @@ async fn append(
         spam_reason: spam_reason.as_deref().unwrap_or(""),
         customer_id: customer.as_ref().map(|c| c.id),
     };
-    let message_id = insert_message(tx, ctx, f, &written).await?;
+    let message_id = insert_message(tx, ctx, known, f, &written).await?;
 
     // Spam, automatic mail and internal notes are stored but change nothing (SPEC 2.5, 2.9).
     let processed =
@@ -386,6 +417,7 @@ struct Written<'a> {
 async fn insert_message(
     tx: &mut Tx,
     ctx: &Context<'_>,
+    known: &mut Known,
     f: &Facts<'_>,
     w: &Written<'_>,
 ) -> Result<i64, Error> {
@@ -444,6 +476,7 @@ async fn insert_message(
         },
     )
     .await?;
+    known.stored_message(org_id, &mail.dedupe_key, ticket_id, message_id);
     for a in &p.attachments {
         tickets::insert_attachment(
             tx,

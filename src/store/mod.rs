@@ -23,6 +23,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+/// Most rows one multi-row statement carries: far below both backends' bind-parameter limits.
+pub const MAX_ROWS: usize = 500;
+
 /// Runs `$body` with `$c` bound to the transaction's connection, once per backend.
 #[macro_export]
 macro_rules! with_tx {

@@ -85,6 +85,47 @@ pub async fn insert(
     Ok(())
 }
 
+/// One message's raw bytes for [`insert_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewRaw<'a> {
+    pub org_id: i64,
+    pub sha256: &'a str,
+    pub size: usize,
+    pub stored: &'a Stored,
+}
+
+/// Keeps many messages' raw bytes with one statement per [`super::MAX_ROWS`] rows: in the
+/// serial commit each statement is a round trip, and raw mail is one row per message.
+pub async fn insert_many(tx: &mut Tx, rows: &[NewRaw<'_>]) -> Result<(), StoreError> {
+    let ts = now();
+    for chunk in rows.chunks(super::MAX_ROWS) {
+        with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO raw_messages (organization_id, sha256, size, data, blob_sha256, created_at) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                let (data, blob): (&[u8], Option<&str>) = match r.stored {
+                    Stored::Inline(bytes) => (bytes, None),
+                    Stored::Blob(sha) => (&[], Some(sha)),
+                };
+                row.push_bind(r.org_id)
+                    .push_bind(r.sha256)
+                    .push_bind(i64::try_from(r.size).unwrap_or(i64::MAX))
+                    .push_bind(data)
+                    .push_bind(blob)
+                    .push_bind(ts);
+            });
+            q.push(" ON CONFLICT (organization_id, sha256) DO NOTHING");
+            q.build()
+                .persistent(false)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}
+
 /// The raw bytes of a message, decompressed, from the row or the blob store.
 pub async fn get(
     tx: &mut Tx,

@@ -372,6 +372,93 @@ pub async fn dedupe_key_exists(
     .await)?)
 }
 
+/// Of these duplicate keys, the ones stored in `org_id` already: (key, ticket id, message id).
+pub async fn existing_dedupe_keys(
+    tx: &mut Tx,
+    org_id: i64,
+    keys: &[&str],
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(super::MAX_ROWS) {
+        let rows: Vec<(String, i64, i64)> = with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT dedupe_key, ticket_id, id FROM messages WHERE organization_id = ",
+            );
+            q.push_bind(org_id).push(" AND dedupe_key IN (");
+            let mut list = q.separated(", ");
+            for key in chunk {
+                list.push_bind(*key);
+            }
+            q.push(")");
+            q.build_query_as().persistent(false).fetch_all(c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// A customer with the normalized address it was found by.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerByEmail {
+    pub email_norm: String,
+    #[sqlx(flatten)]
+    pub customer: Customer,
+}
+
+/// The customers of `org_id` with these normalized addresses (the unknown ones are absent).
+pub async fn customers_by_emails(
+    tx: &mut Tx,
+    org_id: i64,
+    norms: &[&str],
+) -> Result<Vec<CustomerByEmail>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in norms.chunks(super::MAX_ROWS) {
+        let rows: Vec<CustomerByEmail> = with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT email_norm, id, organization_id, name, email, is_spam FROM customers WHERE organization_id = ",
+            );
+            q.push_bind(org_id).push(" AND email_norm IN (");
+            let mut list = q.separated(", ");
+            for norm in chunk {
+                list.push_bind(*norm);
+            }
+            q.push(")");
+            q.build_query_as().persistent(false).fetch_all(c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// When each of these customers opened a ticket by mail after `since`: (customer id, time).
+pub async fn tickets_opened_since(
+    tx: &mut Tx,
+    org_id: i64,
+    customer_ids: &[i64],
+    since: DateTime<Utc>,
+) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in customer_ids.chunks(super::MAX_ROWS) {
+        let rows: Vec<(i64, DateTime<Utc>)> = with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT customer_id, created_at FROM tickets WHERE origin = 'email' AND organization_id = ",
+            );
+            q.push_bind(org_id)
+                .push(" AND created_at > ")
+                .push_bind(since)
+                .push(" AND customer_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build_query_as().persistent(false).fetch_all(c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
 /// Addresses of the ticket's participants: its creation-time list and every message's CC snapshot.
 pub async fn ticket_snapshot_addresses(
     tx: &mut Tx,

@@ -366,3 +366,116 @@ async fn unknown_recipient_stores_nothing() {
     assert!(public_ids(&gw.store).await.is_empty());
     gw.cleanup().await;
 }
+
+/// A batch reads duplicates, customers and recent tickets once; later messages of the same
+/// batch must still see what earlier ones wrote.
+async fn a_batch_sees_its_own_writes(db: Db) {
+    let mut settings = initdesk_gateway::pipeline::Settings {
+        public_url: "http://gateway.test".into(),
+        ..Default::default()
+    };
+    settings.policy.rate_limit_tickets = 3;
+    let gw = TestGateway::with_settings(db, settings).await;
+    let ingest = |raws: Vec<Vec<u8>>| {
+        let batch = raws
+            .into_iter()
+            .map(|raw| Delivery {
+                raw: std::sync::Arc::from(raw),
+                envelope: to_support(),
+            })
+            .collect();
+        gw.pipeline.ingest_batch(batch)
+    };
+    // One ticket stored before the batch counts towards the limit, too.
+    let nameless = |subject: &str, body: &str| {
+        String::from_utf8_lossy(&mail("x@example.com", subject, body))
+            .replace("From: Customer <x@example.com>", "From: x@example.com")
+            .into_bytes()
+    };
+    let before = ingest(vec![nameless("before", "zero")]).await;
+    assert_eq!(before[0].as_ref().map(Outcome::kind).ok(), Some("created"));
+
+    let first = nameless("first", "one");
+    let first_id = String::from_utf8_lossy(&first)
+        .split("Message-ID: ")
+        .nth(1)
+        .and_then(|s| s.split("\r\n").next())
+        .map(str::to_string)
+        .expect("message id");
+    let reply = format!(
+        "From: Xavier <x@example.com>\r\nTo: support@acme.test\r\nSubject: Re: first\r\nIn-Reply-To: {first_id}\r\nMessage-ID: <reply-{}@example.com>\r\n\r\nthanks\r\n",
+        uuid::Uuid::new_v4().simple()
+    );
+    let results = ingest(vec![
+        first.clone(),
+        first.clone(),
+        reply.into_bytes(),
+        nameless("second", "two"),
+        nameless("third", "three"),
+        mail("y@example.com", "other", "four"),
+    ])
+    .await;
+    let kinds: Vec<&str> = results
+        .iter()
+        .map(|r| r.as_ref().map(Outcome::kind).unwrap_or("error"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "duplicate",
+            "appended",
+            "created",
+            "created",
+            "created"
+        ],
+        "{results:?}"
+    );
+    let Ok(Outcome::Created { ticket_id, .. }) = &results[0] else {
+        panic!("{results:?}");
+    };
+    let Ok(Outcome::Appended {
+        ticket_id: replied, ..
+    }) = &results[2]
+    else {
+        panic!("{results:?}");
+    };
+    assert_eq!(
+        ticket_id, replied,
+        "the reply finds a ticket of its own batch"
+    );
+
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let all = tickets::list_tickets(&mut tx, 1).await.expect("tickets");
+    let spam: Vec<&str> = all
+        .iter()
+        .filter(|t| t.is_spam)
+        .map(|t| t.subject.as_str())
+        .collect();
+    // before, first, second: three in the window; the fourth from the same sender is over.
+    assert_eq!(
+        spam,
+        ["third"],
+        "rate limit across stored and batch tickets"
+    );
+    let customer = tickets::customer_by_email(&mut tx, 1, "x@example.com")
+        .await
+        .expect("customer")
+        .expect("exists");
+    assert_eq!(
+        customer.name, "Xavier",
+        "a reply in the batch names the customer"
+    );
+    tx.rollback().await.expect("rollback");
+    gw.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sees_its_own_writes_sqlite() {
+    a_batch_sees_its_own_writes(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sees_its_own_writes_postgres() {
+    a_batch_sees_its_own_writes(Db::Postgres).await;
+}

@@ -4,8 +4,6 @@ use chrono::{DateTime, Utc};
 
 use crate::config::PolicyConfig;
 use crate::pipeline::parse::HeaderFacts;
-use crate::store::tickets;
-use crate::store::{StoreError, Tx};
 
 /// The upstream filter verdict, when one says spam (SpamAssassin or rspamd).
 pub fn upstream_verdict(headers: &HeaderFacts) -> Option<String> {
@@ -22,22 +20,19 @@ pub fn upstream_verdict(headers: &HeaderFacts) -> Option<String> {
     None
 }
 
-/// A reason when this sender has opened more tickets in the window than allowed.
-pub async fn rate_limited(
-    tx: &mut Tx,
-    org_id: i64,
-    customer_id: i64,
-    policy: &PolicyConfig,
-    now: DateTime<Utc>,
-) -> Result<Option<String>, StoreError> {
-    let since = now - chrono::Duration::seconds(policy.rate_limit_window_secs);
-    let opened = tickets::count_tickets_since(tx, org_id, customer_id, since).await?;
-    Ok((opened >= policy.rate_limit_tickets).then(|| {
+/// The start of the rate-limit window that ends at `now`.
+pub fn window_start(policy: &PolicyConfig, now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::seconds(policy.rate_limit_window_secs)
+}
+
+/// A reason when a sender who opened `opened` tickets in the window is over the limit.
+pub fn over_rate_limit(opened: i64, policy: &PolicyConfig) -> Option<String> {
+    (opened >= policy.rate_limit_tickets).then(|| {
         format!(
             "sender opened {opened} tickets in the last {} seconds (limit {})",
             policy.rate_limit_window_secs, policy.rate_limit_tickets
         )
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,208 @@
+//! What a batch transaction knows before it decides each message: rows read once for the
+//! whole batch (duplicate keys, senders, their recent tickets) and kept current as the batch
+//! writes. In the serial commit every statement is a round trip to the database, so three
+//! lookups per message become three per batch.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::store::tickets::{self, Customer};
+use crate::store::{StoreError, Tx};
+
+/// One message's keys, for [`Known::load`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Keys<'a> {
+    pub org_id: i64,
+    pub dedupe_key: &'a str,
+    /// The normalized sender address, when the message has one.
+    pub sender: Option<&'a str>,
+}
+
+/// The batch's view of duplicates, customers and recently opened tickets.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    dedupe: HashMap<(i64, String), (i64, i64)>,
+    customers: HashMap<(i64, String), Customer>,
+    /// (organization, customer id) -> normalized address, the key of `customers`.
+    customer_ids: HashMap<(i64, i64), String>,
+    /// When each loaded customer opened tickets by mail, from `opened_since` on.
+    opened: HashMap<(i64, i64), Vec<DateTime<Utc>>>,
+    /// The customers whose tickets `load` read: only for them is `opened` complete.
+    loaded: HashSet<(i64, i64)>,
+    opened_since: Option<DateTime<Utc>>,
+}
+
+impl Known {
+    /// Reads what the batch's messages will ask about; `window` is the rate-limit window.
+    pub async fn load(
+        tx: &mut Tx,
+        keys: &[Keys<'_>],
+        window: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        let mut known = Known {
+            opened_since: Some(now - window),
+            ..Known::default()
+        };
+        let mut orgs: Vec<i64> = keys.iter().map(|k| k.org_id).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        for org_id in orgs {
+            let of_org = || keys.iter().filter(move |k| k.org_id == org_id);
+            let dedupe_keys = distinct(of_org().map(|k| k.dedupe_key));
+            for (key, ticket_id, message_id) in
+                tickets::existing_dedupe_keys(tx, org_id, &dedupe_keys).await?
+            {
+                known.dedupe.insert((org_id, key), (ticket_id, message_id));
+            }
+            let senders = distinct(of_org().filter_map(|k| k.sender));
+            let mut ids = Vec::new();
+            for found in tickets::customers_by_emails(tx, org_id, &senders).await? {
+                ids.push(found.customer.id);
+                known.loaded.insert((org_id, found.customer.id));
+                known.remember_customer(org_id, found.email_norm, found.customer);
+            }
+            for (customer_id, at) in
+                tickets::tickets_opened_since(tx, org_id, &ids, now - window).await?
+            {
+                known
+                    .opened
+                    .entry((org_id, customer_id))
+                    .or_default()
+                    .push(at);
+            }
+        }
+        Ok(known)
+    }
+
+    /// The stored message with this duplicate key, as (ticket id, message id).
+    pub fn duplicate(&self, org_id: i64, key: &str) -> Option<(i64, i64)> {
+        self.dedupe.get(&(org_id, key.to_string())).copied()
+    }
+
+    /// Notes a message stored under `key` in this batch.
+    pub fn stored_message(&mut self, org_id: i64, key: &str, ticket_id: i64, message_id: i64) {
+        self.dedupe
+            .insert((org_id, key.to_string()), (ticket_id, message_id));
+    }
+
+    /// The customer with this normalized address, when stored.
+    pub fn customer(&self, org_id: i64, email_norm: &str) -> Option<&Customer> {
+        self.customers.get(&(org_id, email_norm.to_string()))
+    }
+
+    /// The customer with this id, when the batch has seen it.
+    pub fn customer_by_id(&self, org_id: i64, id: i64) -> Option<&Customer> {
+        let norm = self.customer_ids.get(&(org_id, id))?;
+        self.customers.get(&(org_id, norm.clone()))
+    }
+
+    /// Notes a customer read or written in this batch.
+    pub fn remember_customer(&mut self, org_id: i64, email_norm: String, customer: Customer) {
+        self.customer_ids
+            .insert((org_id, customer.id), email_norm.clone());
+        self.customers.insert((org_id, email_norm), customer);
+    }
+
+    /// Tickets this customer opened by mail after `since`, or None when the batch cannot
+    /// tell: a customer it did not load (new, or created by another process meanwhile),
+    /// or a time before what it read.
+    pub fn opened_since(&self, org_id: i64, customer_id: i64, since: DateTime<Utc>) -> Option<i64> {
+        if self.opened_since.is_none_or(|loaded| since < loaded)
+            || !self.loaded.contains(&(org_id, customer_id))
+        {
+            return None;
+        }
+        let count = self
+            .opened
+            .get(&(org_id, customer_id))
+            .map_or(0, |times| times.iter().filter(|t| **t > since).count());
+        Some(i64::try_from(count).unwrap_or(i64::MAX))
+    }
+
+    /// Notes a ticket opened by mail in this batch.
+    pub fn opened_ticket(&mut self, org_id: i64, customer_id: i64, at: DateTime<Utc>) {
+        self.opened
+            .entry((org_id, customer_id))
+            .or_default()
+            .push(at);
+    }
+}
+
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = items.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(id: i64) -> Customer {
+        Customer {
+            id,
+            organization_id: 1,
+            name: String::new(),
+            email: format!("c{id}@example.com"),
+            is_spam: false,
+        }
+    }
+
+    #[test]
+    fn counts_only_tickets_inside_the_window_and_only_for_loaded_customers() {
+        let now = Utc::now();
+        let mut known = Known {
+            opened_since: Some(now - chrono::Duration::hours(1)),
+            ..Known::default()
+        };
+        known.remember_customer(1, "c5@example.com".into(), customer(5));
+        assert_eq!(
+            known.opened_since(1, 5, now - chrono::Duration::minutes(5)),
+            None
+        );
+        known.loaded.insert((1, 5));
+        assert_eq!(
+            known.opened_since(1, 5, now - chrono::Duration::minutes(5)),
+            Some(0)
+        );
+        known.opened_ticket(1, 5, now - chrono::Duration::minutes(10));
+        known.opened_ticket(1, 5, now);
+        assert_eq!(
+            known.opened_since(1, 5, now - chrono::Duration::minutes(5)),
+            Some(1)
+        );
+        assert_eq!(
+            known.opened_since(1, 5, now - chrono::Duration::minutes(30)),
+            Some(2)
+        );
+        // Before what was loaded: the batch cannot tell.
+        assert_eq!(
+            known.opened_since(1, 5, now - chrono::Duration::hours(2)),
+            None
+        );
+        // Another organization's customer with the same id is not this one.
+        assert_eq!(known.opened_since(2, 5, now), None);
+    }
+
+    #[test]
+    fn customers_are_found_by_address_and_id_within_their_organization() {
+        let mut known = Known::default();
+        known.remember_customer(1, "c7@example.com".into(), customer(7));
+        assert_eq!(known.customer(1, "c7@example.com").map(|c| c.id), Some(7));
+        assert_eq!(known.customer_by_id(1, 7).map(|c| c.id), Some(7));
+        assert!(known.customer(2, "c7@example.com").is_none());
+        assert!(known.customer_by_id(2, 7).is_none());
+    }
+
+    #[test]
+    fn duplicates_written_in_the_batch_are_seen() {
+        let mut known = Known::default();
+        assert_eq!(known.duplicate(1, "k"), None);
+        known.stored_message(1, "k", 3, 4);
+        assert_eq!(known.duplicate(1, "k"), Some((3, 4)));
+        assert_eq!(known.duplicate(2, "k"), None);
+    }
+}
