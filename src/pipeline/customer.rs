@@ -15,14 +15,20 @@ pub(super) async fn resolve(
     email_norm: &str,
 ) -> Result<Customer, StoreError> {
     // A known customer needs no statement unless this mail names one still nameless.
-    if let Some(c) = known.customer(org_id, email_norm)
+    let cached = known.customer(org_id, email_norm);
+    if let Some(c) = cached
         && (!c.name.is_empty() || clean_text(from.name.trim()).is_empty())
     {
         return Ok(c.clone());
     }
+    let is_new = cached.is_none();
     let customer =
         tickets::find_or_create_customer(tx, org_id, from.email.trim(), email_norm, &from.name)
             .await?;
-    known.remember_customer(org_id, email_norm.to_string(), customer.clone());
+    if is_new {
+        known.created_customer(org_id, email_norm.to_string(), customer.clone());
+    } else {
+        known.remember_customer(org_id, email_norm.to_string(), customer.clone());
+    }
     Ok(customer)
 }

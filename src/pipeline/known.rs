@@ -1,7 +1,7 @@
 //! What a batch transaction knows before it decides each message: rows read once for the
 //! whole batch (duplicate keys, senders, their recent tickets) and kept current as the batch
-//! writes. In the serial commit every statement is a round trip to the database, so three
-//! lookups per message become three per batch.
+//! writes, and the ticket numbers it took. In the serial commit every statement is a round
+//! trip to the database, so four statements per message become a few per batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,20 +31,33 @@ pub(super) struct Known {
     /// The customers whose tickets `load` read: only for them is `opened` complete.
     loaded: HashSet<(i64, i64)>,
     opened_since: Option<DateTime<Utc>>,
+    /// Nothing else writes while the transaction is open (SQLite's single writer): a customer
+    /// missing from `load` and created by the batch has no earlier tickets.
+    exclusive: bool,
+    /// Messages per organization in the batch: each opens at most one ticket.
+    per_org: HashMap<i64, i64>,
+    /// Ticket numbers taken and not used yet, per organization: (next, last).
+    numbers: HashMap<i64, (i64, i64)>,
 }
 
 impl Known {
-    /// Reads what the batch's messages will ask about; `window` is the rate-limit window.
+    /// Reads what the batch's messages will ask about; `window` is the rate-limit window;
+    /// `exclusive` when no other transaction can write until this one ends.
     pub async fn load(
         tx: &mut Tx,
         keys: &[Keys<'_>],
         window: chrono::Duration,
         now: DateTime<Utc>,
+        exclusive: bool,
     ) -> Result<Self, StoreError> {
         let mut known = Known {
             opened_since: Some(now - window),
+            exclusive,
             ..Known::default()
         };
+        for k in keys {
+            *known.per_org.entry(k.org_id).or_default() += 1;
+        }
         let mut orgs: Vec<i64> = keys.iter().map(|k| k.org_id).collect();
         orgs.sort_unstable();
         orgs.dedup();
@@ -103,6 +116,44 @@ impl Known {
         self.customer_ids
             .insert((org_id, customer.id), email_norm.clone());
         self.customers.insert((org_id, email_norm), customer);
+    }
+
+    /// Notes a customer the batch created because `load` did not find it.
+    pub fn created_customer(&mut self, org_id: i64, email_norm: String, customer: Customer) {
+        if self.exclusive {
+            self.loaded.insert((org_id, customer.id));
+        }
+        self.remember_customer(org_id, email_norm, customer);
+    }
+
+    /// The next ticket number of `org_id`. The first call takes a block as large as the
+    /// organization's share of the batch; [`Known::return_unused`] gives the rest back.
+    pub async fn take_public_id(&mut self, tx: &mut Tx, org_id: i64) -> Result<i64, StoreError> {
+        if let Some((next, last)) = self.numbers.get_mut(&org_id)
+            && *next <= *last
+        {
+            let n = *next;
+            *next += 1;
+            return Ok(n);
+        }
+        // The counter row is this transaction's until commit: a second block follows the
+        // first without a gap.
+        let want = self.per_org.get(&org_id).copied().unwrap_or(1).max(1);
+        let last = tickets::reserve_public_ids(tx, org_id, want).await?;
+        let first = last - want + 1;
+        self.numbers.insert(org_id, (first + 1, last));
+        Ok(first)
+    }
+
+    /// Gives back the ticket numbers taken and not used, so numbering stays gap-free; call
+    /// right before the commit.
+    pub async fn return_unused(&mut self, tx: &mut Tx) -> Result<(), StoreError> {
+        for (org_id, (next, last)) in std::mem::take(&mut self.numbers) {
+            if next <= last {
+                tickets::return_public_ids(tx, org_id, last - next + 1).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Tickets this customer opened by mail after `since`, or None when the batch cannot

@@ -413,7 +413,9 @@ impl Pipeline {
                 .collect();
             let window =
                 chrono::Duration::seconds(self.inner.settings.policy.rate_limit_window_secs);
-            let mut known = match Known::load(&mut tx, &keys, window, now()).await {
+            // SQLite's batch transaction holds the database's only write lock from BEGIN.
+            let exclusive = self.inner.store.backend() == crate::store::Backend::Sqlite;
+            let mut known = match Known::load(&mut tx, &keys, window, now(), exclusive).await {
                 Ok(known) => known,
                 Err(e) => {
                     tx.discard().await;
@@ -489,6 +491,10 @@ impl Pipeline {
                     return Err(e);
                 }
                 results.push(result);
+            }
+            if let Err(e) = known.return_unused(&mut tx).await {
+                tx.discard().await;
+                return Err(e);
             }
             // Attachment bytes are durable before the rows that name them.
             let store = self.inner.blobs.clone();

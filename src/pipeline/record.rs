@@ -227,7 +227,8 @@ async fn new_ticket(
     let creation = cc::creation_list(&ctx.route.entry, mail, &customer.email);
     let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &customer.email);
     let subject = ticket_subject(&mail.subject);
-    let (ticket_id, public_id) = tickets::insert_ticket(
+    let public_id = known.take_public_id(tx, org.id).await?;
+    let ticket_id = tickets::insert_numbered_ticket(
         tx,
         &NewTicket {
             organization_id: org.id,
@@ -247,6 +248,7 @@ async fn new_ticket(
             created_by_user_id: None,
             reply_domain: &ctx.route.domain,
         },
+        public_id,
     )
     .await?;
     known.opened_ticket(org.id, customer.id, at);

@@ -332,6 +332,40 @@ pub async fn list_attachments(
     })?)
 }
 
+/// The tickets of the messages that carry the first of these Message-IDs any message
+/// carries, in the order of those messages, each ticket once; with the Message-ID matched.
+pub async fn tickets_by_message_ids(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[String],
+) -> Result<Option<(String, Vec<Ticket>)>, StoreError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns: Vec<String> = TICKET_COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect();
+        format!(
+            "SELECT {} FROM messages m JOIN tickets t ON t.id = m.ticket_id
+             WHERE m.organization_id = $1 AND m.message_id_header = $2 ORDER BY m.id LIMIT 20",
+            columns.join(", ")
+        )
+    });
+    for id in ids {
+        let found: Vec<Ticket> =
+            with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+                .bind(org_id)
+                .bind(id)
+                .fetch_all(c)
+                .await)?;
+        if !found.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let tickets = found.into_iter().filter(|t| seen.insert(t.id)).collect();
+            return Ok(Some((id.clone(), tickets)));
+        }
+    }
+    Ok(None)
+}
+
 /// The messages that carry the first of these Message-IDs that any message carries.
 pub async fn find_by_message_ids(
     tx: &mut Tx,
@@ -355,21 +389,6 @@ pub async fn find_by_message_ids(
         }
     }
     Ok(None)
-}
-
-/// True when a message with this duplicate key is stored already.
-pub async fn dedupe_key_exists(
-    tx: &mut Tx,
-    org_id: i64,
-    key: &str,
-) -> Result<Option<(i64, i64)>, StoreError> {
-    Ok(with_tx!(tx, |c| sqlx::query_as(
-        "SELECT ticket_id, id FROM messages WHERE organization_id = $1 AND dedupe_key = $2"
-    )
-    .bind(org_id)
-    .bind(key)
-    .fetch_optional(c)
-    .await)?)
 }
 
 /// Of these duplicate keys, the ones stored in `org_id` already: (key, ticket id, message id).
@@ -509,14 +528,37 @@ pub async fn count_tickets_since(
 /// Takes the next ticket number. The counter row stays locked until commit, so numbers are
 /// gap-free: a rolled-back ticket gives its number back.
 pub async fn next_public_id(tx: &mut Tx, org_id: i64) -> Result<i64, StoreError> {
+    Ok(reserve_public_ids(tx, org_id, 1).await?)
+}
+
+/// Takes `count` ticket numbers at once and returns the last; the counter row stays locked
+/// until commit. Numbers not used must be given back with [`return_public_ids`] before the
+/// commit, so that numbering stays gap-free.
+pub async fn reserve_public_ids(tx: &mut Tx, org_id: i64, count: i64) -> Result<i64, StoreError> {
     Ok(with_tx!(tx, |c| {
         sqlx::query_scalar(
-        "UPDATE ticket_counters SET last_public_id = last_public_id + 1 WHERE organization_id = $1 RETURNING last_public_id"
+        "UPDATE ticket_counters SET last_public_id = last_public_id + $2 WHERE organization_id = $1 RETURNING last_public_id"
     )
     .bind(org_id)
+    .bind(count)
     .fetch_one(c)
     .await
     })?)
+}
+
+/// Gives back the last `count` numbers taken by [`reserve_public_ids`] in this transaction.
+pub async fn return_public_ids(tx: &mut Tx, org_id: i64, count: i64) -> Result<(), StoreError> {
+    with_tx!(tx, |c| {
+        sqlx::query(
+            "UPDATE ticket_counters SET last_public_id = last_public_id - $2 WHERE organization_id = $1",
+        )
+        .bind(org_id)
+        .bind(count)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(())
 }
 
 /// A ticket to insert.
@@ -544,6 +586,16 @@ pub struct NewTicket<'a> {
 /// Inserts a ticket with the next number; returns `(id, public_id)`.
 pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64), StoreError> {
     let public_id = next_public_id(tx, t.organization_id).await?;
+    let id = insert_numbered_ticket(tx, t, public_id).await?;
+    Ok((id, public_id))
+}
+
+/// Inserts a ticket under a number taken already ([`reserve_public_ids`]); returns its id.
+pub async fn insert_numbered_ticket(
+    tx: &mut Tx,
+    t: &NewTicket<'_>,
+    public_id: i64,
+) -> Result<i64, StoreError> {
     let ts = now();
     let id: i64 = with_tx!(tx, |c| {
         sqlx::query_scalar(
@@ -573,7 +625,7 @@ pub async fn insert_ticket(tx: &mut Tx, t: &NewTicket<'_>) -> Result<(i64, i64),
     .fetch_one(c)
     .await
     })?;
-    Ok((id, public_id))
+    Ok(id)
 }
 
 /// The state fields an inbound message may change on its ticket.

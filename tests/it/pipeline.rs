@@ -467,6 +467,13 @@ async fn a_batch_sees_its_own_writes(db: Db) {
         "a reply in the batch names the customer"
     );
     tx.rollback().await.expect("rollback");
+    // The batch took six numbers for six messages and gave back the two it did not use.
+    assert_eq!(public_ids(&gw.store).await, vec![1, 2, 3, 4, 5]);
+    let next = ingest(vec![mail("z@example.com", "after", "five")]).await;
+    assert!(
+        matches!(next[0], Ok(Outcome::Created { public_id: 6, .. })),
+        "{next:?}"
+    );
     gw.cleanup().await;
 }
 

@@ -109,35 +109,28 @@ pub async fn decide(
     if !ids.is_empty() {
         let only_ids: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
         if let Some((matched, candidates)) =
-            tickets::find_by_message_ids(tx, org.id, &only_ids).await?
+            tickets::tickets_by_message_ids(tx, org.id, &only_ids).await?
         {
             let by = ids
                 .iter()
                 .find(|(i, _)| *i == matched)
                 .map_or(ThreadedBy::References, |(_, b)| *b);
-            let mut ticket_ids: Vec<i64> = candidates.iter().map(|m| m.ticket_id).collect();
-            ticket_ids.dedup();
+            let count = candidates.len();
             let mut chosen = None;
-            if ticket_ids.len() > 1 {
+            if count > 1 {
                 // A reused Message-ID: a stranger can send first with a guessed one. The
                 // ticket the sender takes part in is the one meant.
-                for id in &ticket_ids {
-                    if let Some(t) = tickets::ticket_by_id(tx, org.id, *id).await?
-                        && is_participant(tx, org.id, &t, sender).await?
-                    {
-                        chosen = Some(t);
+                for t in &candidates {
+                    if is_participant(tx, org.id, t, sender).await? {
+                        chosen = Some(t.clone());
                         break;
                     }
                 }
                 notes.push(format!(
-                    "Message-ID {matched} is carried by messages of {} tickets",
-                    ticket_ids.len()
+                    "Message-ID {matched} is carried by messages of {count} tickets"
                 ));
             }
-            if chosen.is_none() {
-                chosen = tickets::ticket_by_id(tx, org.id, ticket_ids[0]).await?;
-            }
-            if let Some(t) = chosen {
+            if let Some(t) = chosen.or_else(|| candidates.into_iter().next()) {
                 return reopen_window(t, by, notes, org.reopen_window_days, now);
             }
         }
