@@ -528,7 +528,7 @@ pub async fn count_tickets_since(
 /// Takes the next ticket number. The counter row stays locked until commit, so numbers are
 /// gap-free: a rolled-back ticket gives its number back.
 pub async fn next_public_id(tx: &mut Tx, org_id: i64) -> Result<i64, StoreError> {
-    Ok(reserve_public_ids(tx, org_id, 1).await?)
+    reserve_public_ids(tx, org_id, 1).await
 }
 
 /// Takes `count` ticket numbers at once and returns the last; the counter row stays locked
