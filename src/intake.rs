@@ -1,11 +1,12 @@
-//! Group commit for the listeners: every session hands its message here and waits; one task
-//! commits all that queued in a single transaction ([`Pipeline::ingest_batch`]) and answers
-//! each session. While one commit's fsync runs, the next batch gathers, so durability costs
-//! one fsync per batch, not per message.
+//! Group commit for the listeners: every session prepares its message (parse, render,
+//! attachment files) in its own task, hands it here and waits; one task commits all that
+//! queued in a single transaction ([`Pipeline::commit_prepared`]) and answers each session.
+//! While one commit runs, the next messages prepare and gather, so the serial part is only
+//! the database work, and durability costs one fsync per batch, not per message.
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::{Delivery, IngestError, Outcome, Pipeline};
+use crate::pipeline::{Delivery, IngestError, Outcome, Pipeline, PreparedDelivery};
 use crate::store::StoreError;
 
 /// Messages committed together at most.
@@ -14,7 +15,7 @@ const MAX_BATCH: usize = 256;
 type Results = Vec<Result<Outcome, IngestError>>;
 
 struct Job {
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<PreparedDelivery>,
     reply: oneshot::Sender<Results>,
 }
 
@@ -22,14 +23,15 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct Intake {
     jobs: mpsc::Sender<Job>,
+    pipeline: Pipeline,
 }
 
 impl Intake {
     /// Starts the committer task for `pipeline`.
     pub fn start(pipeline: Pipeline) -> (Intake, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(commit_loop(pipeline, rx));
-        (Intake { jobs }, task)
+        let task = tokio::spawn(commit_loop(pipeline.clone(), rx));
+        (Intake { jobs, pipeline }, task)
     }
 
     /// Commits `deliveries` (one per recipient of a message) and returns one result each.
@@ -45,6 +47,7 @@ impl Intake {
                 })
                 .collect()
         };
+        let deliveries = self.pipeline.prepare_all(deliveries).await;
         if self.jobs.send(Job { deliveries, reply }).await.is_err() {
             return gone();
         }
@@ -53,14 +56,9 @@ impl Intake {
 }
 
 async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
-    // Two batches in flight: one prepares (CPU) while the other commits (database); the
-    // pipeline's commit lock keeps commits in order.
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
-    let mut tasks = tokio::task::JoinSet::new();
+    // One commit at a time (commits are serial anyway); whatever queued meanwhile is the
+    // next batch.
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
         let mut jobs = vec![first];
         let mut count = jobs[0].deliveries.len();
         while count < MAX_BATCH {
@@ -72,17 +70,11 @@ async fn commit_loop(pipeline: Pipeline, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let pipeline = pipeline.clone();
-        tasks.spawn(async move {
-            commit(pipeline, jobs, count).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+        commit(&pipeline, jobs, count).await;
     }
-    while tasks.join_next().await.is_some() {}
 }
 
-async fn commit(pipeline: Pipeline, jobs: Vec<Job>, count: usize) {
+async fn commit(pipeline: &Pipeline, jobs: Vec<Job>, count: usize) {
     let sizes: Vec<usize> = jobs.iter().map(|j| j.deliveries.len()).collect();
     let mut replies = Vec::with_capacity(jobs.len());
     let mut all = Vec::with_capacity(count);
@@ -92,7 +84,7 @@ async fn commit(pipeline: Pipeline, jobs: Vec<Job>, count: usize) {
     }
     metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
     let started = std::time::Instant::now();
-    let results = pipeline.ingest_batch(all).await;
+    let results = pipeline.commit_prepared(all).await;
     metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
     for r in &results {
         let outcome = match r {

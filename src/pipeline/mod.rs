@@ -257,8 +257,13 @@ impl Pipeline {
     /// Ingests several messages in one transaction; one result per message, in order.
     /// A transient failure fails the whole batch (nothing is committed, everything is retried).
     pub async fn ingest_batch(&self, batch: Vec<Delivery>) -> Vec<Result<Outcome, IngestError>> {
-        let n = batch.len();
-        // Prepared concurrently: parsing is CPU work on the blocking pool and uses every core.
+        let prepared = self.prepare_all(batch).await;
+        self.commit_prepared(prepared).await
+    }
+
+    /// Prepares messages for [`Pipeline::commit_prepared`]: routing, parsing, rendering and
+    /// the attachment files, concurrently on every core; nothing is committed yet.
+    pub async fn prepare_all(&self, batch: Vec<Delivery>) -> Vec<PreparedDelivery> {
         let handles: Vec<_> = batch
             .into_iter()
             .map(|delivery| {
@@ -266,18 +271,29 @@ impl Pipeline {
                 tokio::spawn(async move { pipeline.prepare(delivery).await })
             })
             .collect();
-        let mut prepared = Vec::with_capacity(n);
+        let mut prepared = Vec::with_capacity(handles.len());
         for handle in handles {
-            prepared.push(match handle.await {
+            prepared.push(PreparedDelivery(match handle.await {
                 Ok(staged) => staged,
                 Err(e) => Staged::Rejected(IngestError::Temporary(StoreError::Io(
                     std::io::Error::other(format!("prepare task failed: {e}")),
                 ))),
-            });
+            }));
         }
+        prepared
+    }
+
+    /// Commits prepared messages in one transaction, after every batch that asked earlier
+    /// (a reply must see the ticket its original opened); one result per message, in order.
+    pub async fn commit_prepared(
+        &self,
+        prepared: Vec<PreparedDelivery>,
+    ) -> Vec<Result<Outcome, IngestError>> {
+        let n = prepared.len();
+        let staged = prepared.into_iter().map(|p| p.0).collect();
         let committed = {
             let _turn = self.inner.commit_lock.lock().await;
-            self.commit_batch(prepared).await
+            self.commit_batch(staged).await
         };
         match committed {
             Ok(results) => results,
@@ -653,6 +669,9 @@ enum Applied {
     /// A fault that aborted the transaction; run the batch again with this one quarantined.
     Poisoned(String),
 }
+
+/// A message prepared and waiting for [`Pipeline::commit_prepared`].
+pub struct PreparedDelivery(Staged);
 
 /// A message between preparing and committing.
 enum Staged {
