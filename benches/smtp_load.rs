@@ -8,7 +8,7 @@
 //! run at `--rate` messages/s offered; and the peak RSS with K and 4K concurrent 50 MB
 //! messages, which must not grow with K (large messages wait for a slot).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use std::process::{Child, Command, Stdio};
@@ -101,8 +101,11 @@ fn main() {
         o.big,
         if smoke { " (smoke run)" } else { "" }
     );
-    println!("| backend | run | messages | seconds | msg/s | p50 ms | p99 ms | peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| backend | run | messages | seconds | msg/s | p50 ms | p99 ms | peak RSS MB | daemon CPU µs/msg | load generator CPU µs/msg |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut commit_notes = Vec::new();
     for backend in &o.backends {
         for run in ["max", "paced"] {
             let gw = Gateway::start(backend);
@@ -112,10 +115,31 @@ fn main() {
             } else {
                 o.messages
             };
-            let r = blast(gw.smtp, n, o.connections, rate);
+            let corpus = corpus(n);
+            let batches_before = gw.histogram("initdesk_commit_batch_messages");
+            let commits_before = gw.histogram("initdesk_commit_seconds");
+            let cpu_before = gw.cpu_seconds();
+            let client_before = own_cpu_seconds();
+            let r = blast(gw.smtp, &corpus, o.connections, rate);
+            let daemon_cpu = gw.cpu_seconds() - cpu_before;
+            let client_cpu = own_cpu_seconds() - client_before;
+            let batches = gw.histogram("initdesk_commit_batch_messages");
+            let commits = gw.histogram("initdesk_commit_seconds");
+            let count = (batches.1 - batches_before.1).max(1.0);
+            commit_notes.push(format!(
+                "{backend}, {}: {:.0} commits, {:.1} messages per commit, {:.2} ms per commit",
+                if rate > 0 {
+                    format!("{rate}/s offered")
+                } else {
+                    "as fast as possible".into()
+                },
+                count,
+                (batches.0 - batches_before.0) / count,
+                (commits.0 - commits_before.0) * 1000.0 / (commits.1 - commits_before.1).max(1.0)
+            ));
             let rss = gw.peak_rss_mb();
             println!(
-                "| {backend} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {rss:.0} |",
+                "| {backend} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {rss:.0} | {:.0} | {:.0} |",
                 if rate > 0 {
                     format!("{rate}/s offered")
                 } else {
@@ -125,7 +149,9 @@ fn main() {
                 r.seconds,
                 r.sent as f64 / r.seconds,
                 r.p50,
-                r.p99
+                r.p99,
+                daemon_cpu * 1e6 / r.sent.max(1) as f64,
+                client_cpu * 1e6 / r.sent.max(1) as f64
             );
             assert_eq!(r.failed, 0, "{} messages were not accepted", r.failed);
             gw.stop();
@@ -136,7 +162,7 @@ fn main() {
                 let before = gw.rss_mb();
                 let r = big_messages(gw.smtp, k);
                 println!(
-                    "| {backend} | {k} x 50 MB at once | {} | {:.2} | - | - | - | {:.0} (idle {before:.0}) |",
+                    "| {backend} | {k} x 50 MB at once | {} | {:.2} | - | - | - | {:.0} (idle {before:.0}) | - | - |",
                     r.sent,
                     r.seconds,
                     gw.peak_rss_mb()
@@ -146,11 +172,15 @@ fn main() {
             }
         }
     }
+    for note in commit_notes {
+        println!("commits: {note}");
+    }
 }
 
 struct Gateway {
     child: Child,
     smtp: SocketAddr,
+    http: SocketAddr,
     _dir: tempfile::TempDir,
     pg: Option<(String, String)>,
 }
@@ -184,7 +214,10 @@ impl Gateway {
             ),
         };
         let (smtp, http) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_initdesk-gateway"))
+        // A/B comparisons: INITDESK_BENCH_BINARY runs another build of the daemon.
+        let binary = std::env::var_os("INITDESK_BENCH_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_initdesk-gateway").into());
+        let child = Command::new(binary)
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -209,9 +242,27 @@ impl Gateway {
         Gateway {
             child,
             smtp,
+            http: format!("127.0.0.1:{http}").parse().expect("addr"),
             _dir: dir,
             pg,
         }
+    }
+
+    /// Sum and count of a Prometheus histogram on the daemon's `/metrics`.
+    fn histogram(&self, name: &str) -> (f64, f64) {
+        let mut body = String::new();
+        if let Ok(mut s) = TcpStream::connect(self.http) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+        }
+        let value = |suffix: &str| {
+            body.lines()
+                .find(|l| l.starts_with(&format!("{name}{suffix} ")))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        (value("_sum"), value("_count"))
     }
 
     fn status_kb(&self, field: &str) -> f64 {
@@ -223,6 +274,22 @@ impl Gateway {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// CPU seconds (user + system) the daemon has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: f64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
+        // USER_HZ is 100 on Linux.
+        ticks / 100.0
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -352,17 +419,40 @@ struct Result_ {
     p99: f64,
 }
 
-/// Sends `n` messages over `connections`; `rate` > 0 paces the offered load.
-fn blast(addr: SocketAddr, n: usize, connections: usize, rate: usize) -> Result_ {
+/// CPU seconds (user + system) this process, the load generator, has used so far.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum::<f64>()
+        / 100.0
+}
+
+/// The messages to send, made before the clock starts so that the generator's CPU does not
+/// compete with the daemon during the run (seeded: every run sends the same corpus).
+fn corpus(n: usize) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        (0..n)
+            .map(|i| message(&mut StdRng::seed_from_u64(i as u64), i))
+            .collect(),
+    )
+}
+
+/// Sends `corpus` over `connections`; `rate` > 0 paces the offered load.
+fn blast(addr: SocketAddr, corpus: &Arc<Vec<Vec<u8>>>, connections: usize, rate: usize) -> Result_ {
+    let n = corpus.len();
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let failed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..connections)
-        .map(|t| {
+        .map(|_| {
             let (next, latencies, failed) = (next.clone(), latencies.clone(), failed.clone());
+            let corpus = corpus.clone();
             std::thread::spawn(move || {
-                let mut rng = StdRng::seed_from_u64(t as u64);
                 let mut conn = Conn::open(addr);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -375,8 +465,7 @@ fn blast(addr: SocketAddr, n: usize, connections: usize, rate: usize) -> Result_
                             std::thread::sleep(wait);
                         }
                     }
-                    let raw = message(&mut rng, i);
-                    match conn.send(&raw) {
+                    match conn.send(&corpus[i]) {
                         Some(d) => latencies.lock().map(|mut l| l.push(d)).unwrap_or(()),
                         None => {
                             failed.fetch_add(1, Ordering::Relaxed);

@@ -264,23 +264,14 @@ impl Pipeline {
     /// Prepares messages for [`Pipeline::commit_prepared`]: routing, parsing, rendering and
     /// the attachment files, concurrently on every core; nothing is committed yet.
     pub async fn prepare_all(&self, batch: Vec<Delivery>) -> Vec<PreparedDelivery> {
-        let handles: Vec<_> = batch
-            .into_iter()
-            .map(|delivery| {
-                let pipeline = self.clone();
-                tokio::spawn(async move { pipeline.prepare(delivery).await })
-            })
-            .collect();
-        let mut prepared = Vec::with_capacity(handles.len());
-        for handle in handles {
-            prepared.push(PreparedDelivery(match handle.await {
-                Ok(staged) => staged,
-                Err(e) => Staged::Rejected(IngestError::Temporary(StoreError::Io(
-                    std::io::Error::other(format!("prepare task failed: {e}")),
-                ))),
-            }));
-        }
-        prepared
+        // Polled together in this task: the CPU work runs on the preparing threads anyway,
+        // and a task per message would only add wake-ups.
+        futures_util::future::join_all(
+            batch
+                .into_iter()
+                .map(|delivery| async { PreparedDelivery(self.prepare(delivery).await) }),
+        )
+        .await
     }
 
     /// Commits prepared messages in one transaction, after every batch that asked earlier
@@ -515,7 +506,11 @@ impl Pipeline {
             // Attachment bytes are durable before the rows that name them.
             let store = self.inner.blobs.clone();
             let blobs = blobs.clone();
-            let synced = tokio::task::spawn_blocking(move || store.sync(&blobs)).await;
+            let synced = if blobs.is_empty() {
+                Ok(Ok(()))
+            } else {
+                tokio::task::spawn_blocking(move || store.sync(&blobs)).await
+            };
             let sync_error = match synced {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(StoreError::Io(e)),

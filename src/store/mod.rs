@@ -26,6 +26,17 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 /// Most rows one multi-row statement carries: far below both backends' bind-parameter limits.
 pub const MAX_ROWS: usize = 500;
 
+/// `items` padded with copies of its last item to the next power of two (at least 4), for
+/// `IN (...)` lists: a handful of list lengths means a handful of statements, each prepared
+/// once per connection and then taken from its cache.
+pub(crate) fn padded_list<T: Clone>(items: &[T]) -> Vec<T> {
+    let mut list = items.to_vec();
+    if let Some(last) = items.last() {
+        list.resize(items.len().next_power_of_two().max(4), last.clone());
+    }
+    list
+}
+
 /// Runs `$body` with `$c` bound to the transaction's connection, once per backend.
 #[macro_export]
 macro_rules! with_tx {
@@ -116,8 +127,8 @@ pub enum Backend {
 /// The database: one pool of the configured backend.
 #[derive(Clone, Debug)]
 pub enum Store {
-    /// The pool, and the gate every write transaction of this process passes one at a time.
-    Sqlite(SqlitePool, WriteGate),
+    /// The pool readers use, and the connection every write transaction of this process uses.
+    Sqlite(SqlitePool, SqliteWriter),
     Postgres(PgPool),
 }
 
@@ -146,8 +157,23 @@ pub struct SqliteTx {
 /// next writer at once. Other processes (`deliver`) still meet the busy timeout.
 pub type WriteGate = std::sync::Arc<tokio::sync::Semaphore>;
 
+/// Where this process's SQLite writes go: one connection, behind the [`WriteGate`].
+///
+/// One connection for every write keeps its page cache warm: SQLite drops a connection's
+/// cache whenever another connection committed, so writes spread over a pool re-read the
+/// same index pages from the file on every batch.
+#[derive(Clone, Debug)]
+pub struct SqliteWriter {
+    pool: SqlitePool,
+    gate: WriteGate,
+}
+
 /// How long a write waits for the gate before it is a temporary failure (as the busy timeout).
 const WRITE_GATE_WAIT: Duration = Duration::from_secs(10);
+
+/// Page cache of the writing connection (negative: KiB): the indexes a batch looks up stay
+/// in memory between batches.
+const WRITER_CACHE_SIZE: &str = "-16384";
 
 impl SqliteTx {
     async fn begin(
@@ -226,14 +252,31 @@ impl Store {
             {
                 std::fs::create_dir_all(parent)?;
             }
+            let in_memory = options
+                .get_filename()
+                .to_string_lossy()
+                .contains(":memory:");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?;
+            // An in-memory database exists once per pool: there, readers and the writer share.
+            let writes = if in_memory {
+                pool.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(WRITE_GATE_WAIT)
+                    .connect_with(options.pragma("cache_size", WRITER_CACHE_SIZE))
+                    .await?
+            };
             Ok(Store::Sqlite(
                 pool,
-                std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                SqliteWriter {
+                    pool: writes,
+                    gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                },
             ))
         } else {
             // Generic plans cached while the tables were nearly empty keep choosing the wrong index
@@ -298,8 +341,8 @@ impl Store {
     /// so two writers queue on the busy timeout instead of failing on lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p, gate) => {
-                Tx::Sqlite(SqliteTx::begin(p, "BEGIN IMMEDIATE", Some(gate)).await?)
+            Store::Sqlite(_, w) => {
+                Tx::Sqlite(SqliteTx::begin(&w.pool, "BEGIN IMMEDIATE", Some(&w.gate)).await?)
             }
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
@@ -326,7 +369,10 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite(p, _) => p.close().await,
+            Store::Sqlite(p, w) => {
+                w.pool.close().await;
+                p.close().await;
+            }
             Store::Postgres(p) => p.close().await,
         }
     }
@@ -433,4 +479,17 @@ pub fn sqlite_path(url: &str) -> Option<&Path> {
     url.strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .map(|p| Path::new(p.split('?').next().unwrap_or(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_lists_are_padded_to_a_few_lengths() {
+        assert_eq!(padded_list::<i64>(&[]), Vec::<i64>::new());
+        assert_eq!(padded_list(&[7]), vec![7, 7, 7, 7]);
+        assert_eq!(padded_list(&[1, 2, 3, 4, 5]), vec![1, 2, 3, 4, 5, 5, 5, 5]);
+        assert_eq!(padded_list(&[1, 2, 3, 4]).len(), 4);
+    }
 }

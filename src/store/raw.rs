@@ -116,11 +116,7 @@ pub async fn insert_many(tx: &mut Tx, rows: &[NewRaw<'_>]) -> Result<(), StoreEr
                     .push_bind(ts);
             });
             q.push(" ON CONFLICT (organization_id, sha256) DO NOTHING");
-            q.build()
-                .persistent(false)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
+            q.build().execute(c).await.map(|r| r.rows_affected())
         })?;
     }
     Ok(())

@@ -405,11 +405,11 @@ pub async fn existing_dedupe_keys(
             );
             q.push_bind(org_id).push(" AND dedupe_key IN (");
             let mut list = q.separated(", ");
-            for key in chunk {
-                list.push_bind(*key);
+            for key in super::padded_list(chunk) {
+                list.push_bind(key);
             }
             q.push(")");
-            q.build_query_as().persistent(false).fetch_all(c).await
+            q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
     }
@@ -438,11 +438,11 @@ pub async fn customers_by_emails(
             );
             q.push_bind(org_id).push(" AND email_norm IN (");
             let mut list = q.separated(", ");
-            for norm in chunk {
-                list.push_bind(*norm);
+            for norm in super::padded_list(chunk) {
+                list.push_bind(norm);
             }
             q.push(")");
-            q.build_query_as().persistent(false).fetch_all(c).await
+            q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
     }
@@ -467,11 +467,11 @@ pub async fn tickets_opened_since(
                 .push_bind(since)
                 .push(" AND customer_id IN (");
             let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
+            for id in super::padded_list(chunk) {
+                list.push_bind(id);
             }
             q.push(")");
-            q.build_query_as().persistent(false).fetch_all(c).await
+            q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
     }
