@@ -1968,12 +1968,17 @@ alias_database =
 local_recipient_maps =
 smtp_dns_support_level = disabled
 smtpd_tls_security_level = none
+in_flow_delay = {in_flow_delay}
 maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 biff = no
 ",
             config = config_dir.display(),
             root = root.display(),
+            // Postfix slows down senders when its queue manager falls behind (1 s per
+            // message at most); INITDESK_BENCH_IN_FLOW_DELAY=0s shows the sender without it.
+            in_flow_delay =
+                std::env::var("INITDESK_BENCH_IN_FLOW_DELAY").unwrap_or_else(|_| "1s".into()),
         );
         let master_cf = format!(
             "127.0.0.1:{port} inet n - n - - smtpd

@@ -3,15 +3,14 @@
 //! notes why on its ticket (SPEC 3).
 
 pub mod compose;
+pub mod relay;
 pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use rand::Rng as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +55,7 @@ pub struct Sender {
     store: Store,
     blobs: Arc<dyn BlobStore>,
     tokens: ReplyTokens,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Arc<relay::Relay>,
     settings: SenderSettings,
     wake: Arc<Notify>,
     webhooks: webhook::Webhooks,
@@ -80,23 +79,20 @@ impl Sender {
             relay: crate::cli::redact(&settings.relay),
             reason,
         };
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.relay)
-            .map_err(|e| fail(e.to_string()))?
-            .hello_name(ClientId::Domain(settings.hello_name.clone()))
-            .timeout(Some(Duration::from_secs(60)))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(u32::try_from(settings.concurrency.max(1)).unwrap_or(8))
-                    .idle_timeout(Duration::from_secs(60)),
-            )
-            .build();
+        let relay = relay::Relay::from_url(
+            &settings.relay,
+            ClientId::Domain(settings.hello_name.clone()),
+            Duration::from_secs(60),
+            settings.concurrency.max(1),
+        )
+        .map_err(fail)?;
         let webhooks = webhook::Webhooks::new().map_err(fail)?;
         Ok(Sender {
             webhooks,
             store,
             blobs,
             tokens,
-            transport,
+            relay: Arc::new(relay),
             settings,
             wake: Arc::new(Notify::new()),
         })
@@ -144,6 +140,7 @@ impl Sender {
                 })
                 .await;
         }
+        self.relay.shutdown().await;
     }
 
     async fn claim(&self) -> Result<Vec<Job>, StoreError> {
@@ -216,7 +213,10 @@ impl Sender {
                 e => Failure::Permanent(e.to_string()),
             })?
         };
-        let sent = self.transport.send(composed.message).await;
+        let sent = self
+            .relay
+            .send(composed.message.envelope(), &composed.message.formatted())
+            .await;
         match sent {
             Ok(_) => {
                 metrics::counter!("initdesk_outbox_sent_total", "kind" => "email").increment(1);
