@@ -1819,6 +1819,7 @@ async fn outbox_phase(
             max_attempts: 8,
             retry_base: Duration::from_secs(1),
             concurrency,
+            ca_file: String::new(),
             holder: "api-load".into(),
             public_url: "http://127.0.0.1:8080".into(),
         },

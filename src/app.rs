@@ -121,6 +121,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             max_attempts: config.outbound.max_attempts,
             retry_base: Duration::from_secs(config.outbound.retry_base_secs),
             concurrency: config.outbound.concurrency,
+            ca_file: config.outbound.ca_file.clone(),
             holder: crate::listeners::imap::instance_name(&config.imap.instance_id),
             public_url: config.http.public_url.clone(),
         },

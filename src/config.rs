@@ -120,6 +120,9 @@ pub struct OutboundConfig {
     pub retry_base_secs: u64,
     /// Messages sent at once, and pooled relay connections.
     pub concurrency: usize,
+    /// PEM file of extra CA certificates the relay's TLS certificate may chain to (a private
+    /// CA); the public web roots are always trusted. Empty: none.
+    pub ca_file: String,
 }
 
 /// `[limits]`: bounds on what one message may make the parser do (SPEC 2.8).
@@ -327,6 +330,7 @@ impl Default for OutboundConfig {
             max_attempts: 8,
             retry_base_secs: 30,
             concurrency: 8,
+            ca_file: String::new(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct SenderSettings {
     pub retry_base: Duration,
     /// Messages sent at once (and pooled relay connections).
     pub concurrency: usize,
+    /// Extra CA certificates (PEM) for the relay's TLS certificate; empty: none.
+    pub ca_file: String,
     /// This instance's name on claimed rows.
     pub holder: String,
     /// `http.public_url`, for the `download_url`s in webhook payloads.
@@ -81,6 +83,7 @@ impl Sender {
         };
         let relay = relay::Relay::from_url(
             &settings.relay,
+            &settings.ca_file,
             ClientId::Domain(settings.hello_name.clone()),
             Duration::from_secs(60),
             settings.concurrency.max(1),

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -83,6 +85,7 @@ impl Relay {
     /// or `smtps://...`; ports default to 25, 587 with `tls=`, and 465 for `smtps`.
     pub fn from_url(
         url: &str,
+        ca_file: &str,
         hello: ClientId,
         timeout: Duration,
         max_idle: usize,
@@ -98,13 +101,13 @@ impl Relay {
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
-        let params = || TlsParameters::new(host.clone()).map_err(|e| e.to_string());
+        let params = || starttls_parameters(&host, ca_file);
         let (security, default_port) = match (parsed.scheme(), tls.as_deref()) {
             ("smtp", None) => (Security::Plain, 25),
             ("smtp", Some("opportunistic")) => (Security::Opportunistic(params()?), 587),
             ("smtp", Some("required")) => (Security::Required(params()?), 587),
             ("smtps", None) => (
-                Security::Implicit(Arc::new(crate::ops::tls::client_config("")?)),
+                Security::Implicit(Arc::new(crate::ops::tls::client_config(ca_file)?)),
                 465,
             ),
             (scheme, tls) => {
@@ -228,6 +231,17 @@ impl Relay {
     }
 }
 
+/// lettre's TLS settings for STARTTLS: the public web roots, plus the CAs in `ca_file`.
+fn starttls_parameters(host: &str, ca_file: &str) -> Result<TlsParameters, String> {
+    let mut builder = TlsParameters::builder(host.to_string());
+    if !ca_file.is_empty() {
+        let pem = std::fs::read(ca_file).map_err(|e| format!("ca_file {ca_file}: {e}"))?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| format!("ca_file {ca_file}: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build_rustls().map_err(|e| e.to_string())
+}
+
 fn smtp_io(e: impl std::fmt::Display) -> SendError {
     SendError::Network(e.to_string())
 }
@@ -281,6 +295,7 @@ mod tests {
     fn relay(url: &str) -> Result<Relay, String> {
         Relay::from_url(
             url,
+            "",
             ClientId::Domain("gw.test".into()),
             Duration::from_secs(5),
             4,

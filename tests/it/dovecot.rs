@@ -822,7 +822,7 @@ service imap-login {{
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost, in `dir`
 /// (`ca.pem`, `server.pem`, `server.key`); returns the CA's path.
-fn make_certificates(dir: &Path) -> PathBuf {
+pub(crate) fn make_certificates(dir: &Path) -> PathBuf {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

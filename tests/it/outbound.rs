@@ -31,6 +31,7 @@ fn settings(relay: String, max_attempts: u32, holder: &str) -> SenderSettings {
         max_attempts,
         retry_base: Duration::from_secs(1),
         concurrency: 4,
+        ca_file: String::new(),
         holder: holder.into(),
         public_url: "http://gateway.test".into(),
     }
@@ -467,6 +468,162 @@ async fn webhooks_are_signed_retried_and_never_for_spam() {
     assert!(
         hooks.iter().any(|s| s.2 == 2),
         "the first delivery failed with 500 and was retried: {hooks:?}"
+    );
+    gw.cleanup().await;
+}
+
+/// Waits until every outbox row of `org` is `sent`.
+async fn wait_all_sent(store: &Store, org: i64, postfix: &Postfix) {
+    let start = Instant::now();
+    loop {
+        let states = outbox_states(store, org).await;
+        if !states.is_empty() && states.iter().all(|s| s.1 == "sent") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all sent: {states:?}\n{}",
+            postfix.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The relay connection's TLS modes against a real Postfix with a private CA's certificate:
+/// STARTTLS (`?tls=required`) and implicit TLS (`smtps://`) deliver, each mail arrives
+/// encrypted; without the CA, the certificate is refused and nothing is sent in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_starttls_and_implicit_tls() {
+    let customer = ("tls@customer.test", "pw");
+    let dovecot = Dovecot::start(&[customer]).await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(certs.path())
+        .status()
+        .expect("chmod");
+    let ca = crate::dovecot::make_certificates(certs.path());
+    let postfix = Postfix::start_tls(
+        &[(
+            "customer.test".into(),
+            format!("lmtp:inet:127.0.0.1:{}", dovecot.lmtp_port),
+        )],
+        certs.path(),
+    );
+    let smtps = postfix.smtps_port.expect("smtps port");
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail(customer.0, "support@acme.test", "secure", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    let with_ca = |relay: String| {
+        let mut s = settings(relay, 3, "tls");
+        s.ca_file = ca.display().to_string();
+        s
+    };
+
+    // Without the private CA the certificate is not trusted: the reply waits for a retry.
+    reply_on(&gw.store, org, ticket_id, "untrusted").await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        sender(
+            &gw,
+            &gw.store,
+            settings(
+                format!("smtp://localhost:{}?tls=required", postfix.port),
+                3,
+                "tls",
+            ),
+        )
+        .run(stop.clone()),
+    );
+    let start = Instant::now();
+    loop {
+        let states = outbox_states(&gw.store, org).await;
+        if states.iter().any(|s| s.2 >= 1 && s.1 != "sent") {
+            assert!(
+                states.iter().all(|s| s.1 != "sent"),
+                "sent without a trusted certificate: {states:?}"
+            );
+            let error = &states[0].3;
+            assert!(error.to_lowercase().contains("certificate"), "{error}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.expect("sender");
+    // Retried later by a sender that trusts the CA, through STARTTLS, with another reply.
+    {
+        let mut tx = gw.store.begin().await.expect("begin");
+        initdesk_gateway::with_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbox SET next_attempt_ms = 0, claimed_by = NULL, claimed_until_ms = NULL"
+        )
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .expect("due now");
+        tx.commit().await.expect("commit");
+    }
+    reply_on(&gw.store, org, ticket_id, "over starttls").await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        sender(
+            &gw,
+            &gw.store,
+            with_ca(format!("smtp://localhost:{}?tls=required", postfix.port)),
+        )
+        .run(stop.clone()),
+    );
+    wait_all_sent(&gw.store, org, &postfix).await;
+    stop.cancel();
+    task.await.expect("sender");
+
+    reply_on(&gw.store, org, ticket_id, "over implicit tls").await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        sender(
+            &gw,
+            &gw.store,
+            with_ca(format!("smtps://localhost:{smtps}")),
+        )
+        .run(stop.clone()),
+    );
+    wait_all_sent(&gw.store, org, &postfix).await;
+    stop.cancel();
+    task.await.expect("sender");
+
+    let start = Instant::now();
+    loop {
+        let got = dovecot
+            .messages(customer.0, customer.1, "INBOX")
+            .await
+            .len();
+        if got >= 3 {
+            assert_eq!(got, 3, "each reply once");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{got} of 3 delivered\n{}",
+            postfix.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Postfix logs each encrypted session; the refused one never got that far.
+    let log = postfix.log();
+    assert!(
+        log.matches("TLS connection established from").count() >= 2,
+        "both senders talked TLS:\n{log}"
     );
     gw.cleanup().await;
 }

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -287,6 +287,8 @@ pub(crate) struct Postfix {
     dir: tempfile::TempDir,
     config_dir: PathBuf,
     pub(crate) port: u16,
+    /// With TLS: the implicit-TLS (`smtps`) port; `port` then offers STARTTLS.
+    pub(crate) smtps_port: Option<u16>,
     running: bool,
 }
 
@@ -309,6 +311,17 @@ impl Postfix {
     /// A private Postfix relaying each `(domain, nexthop)`; `nexthop` as in a transport map
     /// (`smtp:[127.0.0.1]:2525`, `lmtp:inet:127.0.0.1:24`). It listens on `self.port`.
     pub(crate) fn start_routes(routes: &[(String, String)]) -> Postfix {
+        Self::start_with(routes, None)
+    }
+
+    /// As [`Postfix::start_routes`], with STARTTLS on `port` and implicit TLS on
+    /// `smtps_port`, both with the certificate `certs` holds (`server.pem`, `server.key`,
+    /// made by [`crate::dovecot::make_certificates`]).
+    pub(crate) fn start_tls(routes: &[(String, String)], certs: &Path) -> Postfix {
+        Self::start_with(routes, Some(certs))
+    }
+
+    fn start_with(routes: &[(String, String)], certs: Option<&Path>) -> Postfix {
         require_root();
         let postfix = tool("postfix");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -353,7 +366,7 @@ alias_database =
 local_recipient_maps =
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
-smtpd_tls_security_level = none
+{smtpd_tls}
 lmtp_tls_security_level = none
 queue_run_delay = 2s
 minimal_backoff_time = 2s
@@ -365,11 +378,25 @@ biff = no
             config = config_dir.display(),
             root = root.display(),
             relay = relay_domains,
+            smtpd_tls = match certs {
+                Some(c) => format!(
+                    "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_received_header = yes\nsmtpd_tls_loglevel = 1",
+                    c.join("server.pem").display(),
+                    c.join("server.key").display()
+                ),
+                None => "smtpd_tls_security_level = none".into(),
+            },
         );
+        let smtps_port = certs.map(|_| free_port());
+        let smtps_line = smtps_port.map_or(String::new(), |p| {
+            format!(
+                "127.0.0.1:{p} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt\n"
+            )
+        });
         // No chroot anywhere: the temp dir has no copies of /etc files.
         let master_cf = format!(
             "127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
+{smtps_line}pickup     unix  n - n 60 1 pickup
 cleanup    unix  n - n -  0 cleanup
 qmgr       unix  n - n 300 1 qmgr
 tlsmgr     unix  - - n 1000? 1 tlsmgr
@@ -399,6 +426,7 @@ postlog    unix-dgram n - n - 1 postlogd
             dir,
             config_dir,
             port,
+            smtps_port,
             running: false,
         };
         let check = Command::new(&postfix)
