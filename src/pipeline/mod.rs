@@ -396,6 +396,10 @@ impl Pipeline {
         let mut raw_each = false;
         'attempt: for _ in 0..=staged.len() {
             let mut tx = self.inner.store.begin().await?;
+            if let Err(e) = tx.plan_each_execution().await {
+                tx.discard().await;
+                return Err(e);
+            }
             let accepted: Vec<&Ready> = staged
                 .iter()
                 .enumerate()
