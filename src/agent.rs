@@ -137,9 +137,7 @@ pub async fn reply(
         snapshot(tx, &org, &ticket, req.external_recipient_emails.as_deref()).await?
     };
 
-    let domain = replies::reply_domain(tx, &org, ticket_id)
-        .await?
-        .unwrap_or_else(|| "localhost".into());
+    let domain = replies::reply_domain(&org, &ticket).unwrap_or_else(|| "localhost".into());
     let message_id_header = visible.then(|| format!("{}@{domain}", uuid::Uuid::now_v7().simple()));
     let (sender_email, sender_name) = author
         .as_ref()

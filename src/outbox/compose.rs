@@ -5,6 +5,10 @@ use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use crate::pipeline::thread::ReplyTokens;
 use crate::store::blobs::BlobStore;
 use crate::store::tickets;
@@ -30,11 +34,54 @@ pub struct Outgoing {
 /// Most Message-IDs carried in References: the first (the thread's root) and the latest.
 const MAX_REFERENCES: usize = 20;
 
+/// How long a looked-up organization or inbox is used before it is read again.
+const FRESH_FOR: Duration = Duration::from_secs(30);
+
+/// Organizations and inboxes the sender read lately. They change rarely (at start, or by a
+/// command), and reading them for every reply was a third of the sender's statements.
+#[derive(Debug, Default)]
+pub struct Directory {
+    orgs: Mutex<HashMap<i64, (Instant, orgs::Org)>>,
+    inboxes: Mutex<HashMap<i64, (Instant, orgs::Inbox)>>,
+}
+
+impl Directory {
+    async fn org(&self, tx: &mut Tx, id: i64) -> Result<Option<orgs::Org>, StoreError> {
+        if let Some(org) = fresh(&self.orgs, id) {
+            return Ok(Some(org));
+        }
+        let org = orgs::get_org(tx, id).await?;
+        if let (Some(o), Ok(mut map)) = (&org, self.orgs.lock()) {
+            map.insert(id, (Instant::now(), o.clone()));
+        }
+        Ok(org)
+    }
+
+    async fn inbox(&self, tx: &mut Tx, id: i64) -> Result<Option<orgs::Inbox>, StoreError> {
+        if let Some(inbox) = fresh(&self.inboxes, id) {
+            return Ok(Some(inbox));
+        }
+        let inbox = orgs::inbox_by_id(tx, id).await?;
+        if let (Some(i), Ok(mut map)) = (&inbox, self.inboxes.lock()) {
+            map.insert(id, (Instant::now(), i.clone()));
+        }
+        Ok(inbox)
+    }
+}
+
+fn fresh<T: Clone>(map: &Mutex<HashMap<i64, (Instant, T)>>, id: i64) -> Option<T> {
+    let map = map.lock().ok()?;
+    map.get(&id)
+        .filter(|(at, _)| at.elapsed() < FRESH_FOR)
+        .map(|(_, v)| v.clone())
+}
+
 /// Builds the mail for outgoing message `message_id` of organization `org_id`.
 pub async fn compose(
     tx: &mut Tx,
     blobs: &dyn BlobStore,
     tokens: &ReplyTokens,
+    directory: &Directory,
     org_id: i64,
     message_id: i64,
 ) -> Result<Outgoing, ComposeError> {
@@ -44,21 +91,19 @@ pub async fn compose(
     let ticket = tickets::ticket_by_id(tx, org_id, row.ticket_id)
         .await?
         .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} has no ticket")))?;
-    let org = orgs::get_org(tx, org_id)
+    let org = directory
+        .org(tx, org_id)
         .await?
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} does not exist")))?;
-    let inbox = orgs::inbox_by_id(tx, ticket.inbox_id)
-        .await?
-        .ok_or_else(|| {
-            ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id))
-        })?;
+    let inbox = directory.inbox(tx, ticket.inbox_id).await?.ok_or_else(|| {
+        ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id))
+    })?;
     let customer = tickets::customer_by_id(tx, org_id, ticket.customer_id)
         .await?
         .ok_or_else(|| {
             ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id))
         })?;
-    let domain = crate::store::replies::reply_domain(tx, &org, ticket.id)
-        .await?
+    let domain = crate::store::replies::reply_domain(&org, &ticket)
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} has no domain")))?;
 
     let own = |local: &str| -> Result<Address, ComposeError> {

@@ -58,6 +58,7 @@ pub struct Sender {
     blobs: Arc<dyn BlobStore>,
     tokens: ReplyTokens,
     relay: Arc<relay::Relay>,
+    directory: Arc<compose::Directory>,
     settings: SenderSettings,
     wake: Arc<Notify>,
     webhooks: webhook::Webhooks,
@@ -96,6 +97,7 @@ impl Sender {
             blobs,
             tokens,
             relay: Arc::new(relay),
+            directory: Arc::default(),
             settings,
             wake: Arc::new(Notify::new()),
         })
@@ -206,6 +208,7 @@ impl Sender {
                 &mut tx,
                 self.blobs.as_ref(),
                 &self.tokens,
+                &self.directory,
                 job.organization_id,
                 message_id,
             )

@@ -158,19 +158,8 @@ pub async fn set_tags(
 
 /// The domain replies on a ticket leave from: the one its customer wrote to when it is
 /// still the organization's, else the organization's first domain.
-pub async fn reply_domain(
-    tx: &mut Tx,
-    org: &super::orgs::Org,
-    ticket_id: i64,
-) -> Result<Option<String>, StoreError> {
-    let stored: Option<String> = with_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT reply_domain FROM tickets WHERE organization_id = $1 AND id = $2"
-    )
-    .bind(org.id)
-    .bind(ticket_id)
-    .fetch_optional(c)
-    .await)?;
-    Ok(stored
+pub fn reply_domain(org: &super::orgs::Org, ticket: &super::tickets::Ticket) -> Option<String> {
+    Some(ticket.reply_domain.clone())
         .filter(|d| org.domains.iter().any(|o| o.eq_ignore_ascii_case(d)))
-        .or_else(|| org.domains.first().cloned()))
+        .or_else(|| org.domains.first().cloned())
 }

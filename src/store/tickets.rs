@@ -47,9 +47,11 @@ pub struct Ticket {
     pub closed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The organization domain the customer wrote to; replies come from it (empty: unknown).
+    pub reply_domain: String,
 }
 
-pub(crate) const TICKET_COLUMNS: &str = "id, organization_id, public_id, inbox_id, customer_id, assignee_id, subject, status, waiting_on, classification, is_spam, origin, description, description_html, external_recipient_emails, tags, language, has_attachments, customer_visible_reply_count, created_by_role, created_by_user_id, summary, sentiment_analysis_class, csat_rating, csat_comment, closed_at, created_at, updated_at";
+pub(crate) const TICKET_COLUMNS: &str = "id, organization_id, public_id, inbox_id, customer_id, assignee_id, subject, status, waiting_on, classification, is_spam, origin, description, description_html, external_recipient_emails, tags, language, has_attachments, customer_visible_reply_count, created_by_role, created_by_user_id, summary, sentiment_analysis_class, csat_rating, csat_comment, closed_at, created_at, updated_at, reply_domain";
 
 /// A message row.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -157,6 +157,7 @@ async fn acknowledgement_once_per_sender_never_to_auto_replies_or_spam() {
         &mut tx,
         &FsBlobStore::new(gw.dir.path().join("blobs")),
         gw.pipeline.tokens(),
+        &initdesk_gateway::outbox::compose::Directory::default(),
         org,
         ack.id,
     )
