@@ -278,18 +278,7 @@ impl Gateway {
 
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let ticks: f64 = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum();
-        // USER_HZ is 100 on Linux.
-        ticks / 100.0
+        cpu_seconds_of(&format!("/proc/{}/stat", self.child.id()))
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -421,14 +410,22 @@ struct Result_ {
 
 /// CPU seconds (user + system) this process, the load generator, has used so far.
 fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// User plus system CPU seconds of the process whose `/proc/<pid>/stat` is at `path`.
+fn cpu_seconds_of(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    rest.split_whitespace()
+    let ticks: f64 = rest
+        .split_whitespace()
         .skip(11)
         .take(2)
         .filter_map(|v| v.parse::<f64>().ok())
-        .sum::<f64>()
-        / 100.0
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }
 
 /// The messages to send, made before the clock starts so that the generator's CPU does not

@@ -47,33 +47,33 @@ pub struct Directory {
 
 impl Directory {
     async fn org(&self, tx: &mut Tx, id: i64) -> Result<Option<orgs::Org>, StoreError> {
-        if let Some(org) = fresh(&self.orgs, id) {
-            return Ok(Some(org));
-        }
-        let org = orgs::get_org(tx, id).await?;
-        if let (Some(o), Ok(mut map)) = (&org, self.orgs.lock()) {
-            map.insert(id, (Instant::now(), o.clone()));
-        }
-        Ok(org)
+        cached(&self.orgs, id, orgs::get_org(tx, id)).await
     }
 
     async fn inbox(&self, tx: &mut Tx, id: i64) -> Result<Option<orgs::Inbox>, StoreError> {
-        if let Some(inbox) = fresh(&self.inboxes, id) {
-            return Ok(Some(inbox));
-        }
-        let inbox = orgs::inbox_by_id(tx, id).await?;
-        if let (Some(i), Ok(mut map)) = (&inbox, self.inboxes.lock()) {
-            map.insert(id, (Instant::now(), i.clone()));
-        }
-        Ok(inbox)
+        cached(&self.inboxes, id, orgs::inbox_by_id(tx, id)).await
     }
 }
 
-fn fresh<T: Clone>(map: &Mutex<HashMap<i64, (Instant, T)>>, id: i64) -> Option<T> {
-    let map = map.lock().ok()?;
-    map.get(&id)
-        .filter(|(at, _)| at.elapsed() < FRESH_FOR)
-        .map(|(_, v)| v.clone())
+/// The entry `id` of `map` while fresh; otherwise what `load` reads, remembered.
+async fn cached<T: Clone>(
+    map: &Mutex<HashMap<i64, (Instant, T)>>,
+    id: i64,
+    load: impl std::future::Future<Output = Result<Option<T>, StoreError>>,
+) -> Result<Option<T>, StoreError> {
+    let fresh = map.lock().ok().and_then(|m| {
+        m.get(&id)
+            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
+            .map(|(_, v)| v.clone())
+    });
+    if fresh.is_some() {
+        return Ok(fresh);
+    }
+    let loaded = load.await?;
+    if let (Some(v), Ok(mut m)) = (&loaded, map.lock()) {
+        m.insert(id, (Instant::now(), v.clone()));
+    }
+    Ok(loaded)
 }
 
 /// Builds the mail for outgoing message `message_id` of organization `org_id`.

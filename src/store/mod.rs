@@ -29,12 +29,26 @@ pub const MAX_ROWS: usize = 500;
 /// `items` padded with copies of its last item to the next power of two (at least 4), for
 /// `IN (...)` lists: a handful of list lengths means a handful of statements, each prepared
 /// once per connection and then taken from its cache.
-pub(crate) fn padded_list<T: Clone>(items: &[T]) -> Vec<T> {
+fn padded_list<T: Clone>(items: &[T]) -> Vec<T> {
     let mut list = items.to_vec();
     if let Some(last) = items.last() {
         list.resize(items.len().next_power_of_two().max(4), last.clone());
     }
     list
+}
+
+/// Appends ` IN (...)` with `keys` bound, padded as [`padded_list`] says.
+pub(crate) fn push_in_list<DB, K>(q: &mut sqlx::QueryBuilder<DB>, keys: &[K])
+where
+    DB: sqlx::Database,
+    K: Clone + for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    q.push(" IN (");
+    let mut list = q.separated(", ");
+    for key in padded_list(keys) {
+        list.push_bind(key);
+    }
+    q.push(")");
 }
 
 /// Runs `$body` with `$c` bound to the transaction's connection, once per backend.

@@ -405,12 +405,8 @@ pub async fn existing_dedupe_keys(
             let mut q = sqlx::QueryBuilder::new(
                 "SELECT dedupe_key, ticket_id, id FROM messages WHERE organization_id = ",
             );
-            q.push_bind(org_id).push(" AND dedupe_key IN (");
-            let mut list = q.separated(", ");
-            for key in super::padded_list(chunk) {
-                list.push_bind(key);
-            }
-            q.push(")");
+            q.push_bind(org_id).push(" AND dedupe_key");
+            super::push_in_list(&mut q, chunk);
             q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
@@ -438,12 +434,8 @@ pub async fn customers_by_emails(
             let mut q = sqlx::QueryBuilder::new(
                 "SELECT email_norm, id, organization_id, name, email, is_spam FROM customers WHERE organization_id = ",
             );
-            q.push_bind(org_id).push(" AND email_norm IN (");
-            let mut list = q.separated(", ");
-            for norm in super::padded_list(chunk) {
-                list.push_bind(norm);
-            }
-            q.push(")");
+            q.push_bind(org_id).push(" AND email_norm");
+            super::push_in_list(&mut q, chunk);
             q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
@@ -467,12 +459,8 @@ pub async fn tickets_opened_since(
             q.push_bind(org_id)
                 .push(" AND created_at > ")
                 .push_bind(since)
-                .push(" AND customer_id IN (");
-            let mut list = q.separated(", ");
-            for id in super::padded_list(chunk) {
-                list.push_bind(id);
-            }
-            q.push(")");
+                .push(" AND customer_id");
+            super::push_in_list(&mut q, chunk);
             q.build_query_as().fetch_all(c).await
         })?;
         found.extend(rows);
