@@ -21,14 +21,19 @@ pub(super) async fn resolve(
     {
         return Ok(c.clone());
     }
-    let is_new = cached.is_none();
-    let customer =
-        tickets::find_or_create_customer(tx, org_id, from.email.trim(), email_norm, &from.name)
-            .await?;
-    if is_new {
-        known.created_customer(org_id, email_norm.to_string(), customer.clone());
+    let customer = if cached.is_none() {
+        let c =
+            tickets::create_customer(tx, org_id, from.email.trim(), email_norm, &from.name).await?;
+        // A held-back customer is new for sure: had another writer created it meanwhile,
+        // the bulk write fails and the batch runs again.
+        known.created_customer(org_id, email_norm.to_string(), c.clone(), tx.holds_back());
+        c
     } else {
-        known.remember_customer(org_id, email_norm.to_string(), customer.clone());
-    }
+        let c =
+            tickets::find_or_create_customer(tx, org_id, from.email.trim(), email_norm, &from.name)
+                .await?;
+        known.remember_customer(org_id, email_norm.to_string(), c.clone());
+        c
+    };
     Ok(customer)
 }

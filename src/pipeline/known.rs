@@ -118,9 +118,16 @@ impl Known {
         self.customers.insert((org_id, email_norm), customer);
     }
 
-    /// Notes a customer the batch created because `load` did not find it.
-    pub fn created_customer(&mut self, org_id: i64, email_norm: String, customer: Customer) {
-        if self.exclusive {
+    /// Notes a customer the batch created because `load` did not find it; `surely_new`
+    /// when it cannot have existed before (then it has no earlier tickets either).
+    pub fn created_customer(
+        &mut self,
+        org_id: i64,
+        email_norm: String,
+        customer: Customer,
+        surely_new: bool,
+    ) {
+        if self.exclusive || surely_new {
             self.loaded.insert((org_id, customer.id));
         }
         self.remember_customer(org_id, email_norm, customer);

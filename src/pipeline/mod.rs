@@ -394,7 +394,10 @@ impl Pipeline {
         // Set when keeping the batch's raw mail in one statement failed for a reason of its
         // own: then each message keeps its own, so the failure has a message to blame.
         let mut raw_each = false;
-        'attempt: for _ in 0..=staged.len() {
+        // Set when writing the held-back rows in bulk failed for a reason of their own: then
+        // each row is written as it is decided, so the failure has a message to blame.
+        let mut eager = false;
+        'attempt: for _ in 0..=staged.len() + 1 {
             let mut tx = self.inner.store.begin().await?;
             if let Err(e) = tx.plan_each_execution().await {
                 tx.discard().await;
@@ -409,6 +412,9 @@ impl Pipeline {
                 })
                 .filter(|r| record::refusal(&r.prepared.mail, &r.envelope).is_none())
                 .collect();
+            if !eager {
+                tx.hold_back_inserts(accepted.len());
+            }
             let senders: Vec<Option<String>> = accepted
                 .iter()
                 .map(|r| record::sender_norm(&r.prepared.mail, &r.envelope))
@@ -479,6 +485,14 @@ impl Pipeline {
                             .await,
                         ),
                         None => match self.apply_one(&mut tx, ready, &mut known, !raw_each).await {
+                            Applied::Raced | Applied::Poisoned(_) if tx.bulk_write_failed() => {
+                                tracing::warn!(
+                                    "held-back rows of the batch not written in bulk; writing them one by one"
+                                );
+                                eager = true;
+                                tx.discard().await;
+                                continue 'attempt;
+                            }
                             Applied::Done(result) => Some(result),
                             Applied::Raced if raced.insert(index) => {
                                 tx.discard().await;
@@ -502,6 +516,15 @@ impl Pipeline {
                     return Err(e);
                 }
                 results.push(result);
+            }
+            if let Err(e) = tx.write_pending().await.map_err(StoreError::from) {
+                tx.discard().await;
+                if e.is_transient() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "held-back rows of the batch not written in bulk; writing them one by one");
+                eager = true;
+                continue 'attempt;
             }
             if let Err(e) = known.return_unused(&mut tx).await {
                 tx.discard().await;

@@ -1,7 +1,7 @@
 //! IMAP sources: the committed position in each mailbox, and the lease that lets one
 //! instance at a time fetch it.
 
-use super::{StoreError, Tx, now};
+use super::{Backend, StoreError, Tx, TxConn, now};
 use crate::with_tx;
 
 // Within one UIDVALIDITY the position only moves forward (two-argument MAX is SQLite's
@@ -78,9 +78,9 @@ pub async fn save_position(
     source_key: &str,
     p: Position,
 ) -> Result<(), StoreError> {
-    let sql = match tx {
-        Tx::Sqlite(_) => SAVE_POSITION_SQLITE,
-        Tx::Postgres(_) => SAVE_POSITION_POSTGRES,
+    let sql = match tx.backend() {
+        Backend::Sqlite => SAVE_POSITION_SQLITE,
+        Backend::Postgres => SAVE_POSITION_POSTGRES,
     };
     with_tx!(tx, |c| sqlx::query(sql)
         .bind(org_id)
@@ -104,8 +104,9 @@ pub async fn acquire_lease(
     holder: &str,
     ttl_ms: i64,
 ) -> Result<bool, StoreError> {
-    let got: Option<String> = match tx {
-        Tx::Sqlite(t) => {
+    tx.write_pending().await?;
+    let got: Option<String> = match &mut tx.conn {
+        TxConn::Sqlite(t) => {
             sqlx::query_scalar(LEASE_SQLITE)
                 .bind(org_id)
                 .bind(inbox_id)
@@ -114,7 +115,7 @@ pub async fn acquire_lease(
                 .fetch_optional(&mut **t)
                 .await?
         }
-        Tx::Postgres(t) => {
+        TxConn::Postgres(t) => {
             sqlx::query_scalar(LEASE_POSTGRES)
                 .bind(org_id)
                 .bind(inbox_id)

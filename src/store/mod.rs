@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod imap;
 pub mod orgs;
 pub mod outbox;
+pub mod pending;
 pub mod quarantine;
 pub mod raw;
 pub mod replies;
@@ -51,16 +52,31 @@ where
     q.push(")");
 }
 
-/// Runs `$body` with `$c` bound to the transaction's connection, once per backend.
+/// Runs `$body` with `$c` bound to the transaction's connection, once per backend, after
+/// writing the rows the transaction holds back ([`pending`]): every statement sees every
+/// earlier write of its transaction. `$body` evaluates to a `Result<_, sqlx::Error>`.
 #[macro_export]
 macro_rules! with_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {{
+        let tx: &mut $crate::store::Tx = $tx;
+        match tx.write_pending().await {
+            Err(e) => Err(e),
+            Ok(()) => $crate::with_tx_as_is!(tx, |$c| $body),
+        }
+    }};
+}
+
+/// [`with_tx!`] without writing held-back rows first: only for statements whose result
+/// cannot depend on them (the caller says why).
+#[macro_export]
+macro_rules! with_tx_as_is {
     ($tx:expr, |$c:ident| $body:expr) => {
-        match $tx {
-            $crate::store::Tx::Sqlite(t) => {
+        match &mut $tx.conn {
+            $crate::store::TxConn::Sqlite(t) => {
                 let $c = &mut **t;
                 $body
             }
-            $crate::store::Tx::Postgres(t) => {
+            $crate::store::TxConn::Postgres(t) => {
                 let $c = &mut **t;
                 $body
             }
@@ -146,10 +162,27 @@ pub enum Store {
     Postgres(PgPool),
 }
 
-/// A transaction on either backend.
-pub enum Tx {
+/// A transaction on either backend, with the rows it holds back to write in bulk.
+pub struct Tx {
+    #[doc(hidden)]
+    pub conn: TxConn,
+    /// Set while rows are held back ([`Tx::hold_back_inserts`]).
+    pending: Option<Box<pending::Pending>>,
+}
+
+/// The connection of a [`Tx`].
+pub enum TxConn {
     Sqlite(SqliteTx),
     Postgres(Transaction<'static, Postgres>),
+}
+
+impl From<TxConn> for Tx {
+    fn from(conn: TxConn) -> Self {
+        Tx {
+            conn,
+            pending: None,
+        }
+    }
 }
 
 /// A SQLite transaction on a pooled connection, begun and ended with plain SQL.
@@ -355,18 +388,20 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
             Store::Sqlite(_, w) => {
-                Tx::Sqlite(SqliteTx::begin(&w.pool, "BEGIN IMMEDIATE", Some(&w.gate)).await?)
+                TxConn::Sqlite(SqliteTx::begin(&w.pool, "BEGIN IMMEDIATE", Some(&w.gate)).await?)
             }
-            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
+            Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
+        }
+        .into())
     }
 
     /// Begins a transaction that only reads.
     pub async fn begin_read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p, _) => Tx::Sqlite(SqliteTx::begin(p, "BEGIN", None).await?),
-            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
+            Store::Sqlite(p, _) => TxConn::Sqlite(SqliteTx::begin(p, "BEGIN", None).await?),
+            Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
+        }
+        .into())
     }
 
     /// Checks that the database answers.
@@ -392,20 +427,29 @@ impl Store {
 }
 
 impl Tx {
-    /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Sqlite(t) => t.finish("COMMIT").await?,
-            Tx::Postgres(t) => t.commit().await?,
+    /// The engine of this transaction.
+    pub fn backend(&self) -> Backend {
+        match self.conn {
+            TxConn::Sqlite(_) => Backend::Sqlite,
+            TxConn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Commits the transaction, held-back rows first.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.write_pending().await?;
+        match self.conn {
+            TxConn::Sqlite(t) => t.finish("COMMIT").await?,
+            TxConn::Postgres(t) => t.commit().await?,
         }
         Ok(())
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Sqlite(t) => t.finish("ROLLBACK").await?,
-            Tx::Postgres(t) => t.rollback().await?,
+        match self.conn {
+            TxConn::Sqlite(t) => t.finish("ROLLBACK").await?,
+            TxConn::Postgres(t) => t.rollback().await?,
         }
         Ok(())
     }
@@ -414,10 +458,10 @@ impl Tx {
     /// it may be mid-transaction, or have been opened read-only while the file was not
     /// writable (SQLite then stays read-only for the connection's life). PostgreSQL rolls back.
     pub async fn discard(self) {
-        match self {
+        match self.conn {
             // Still open: dropping closes the connection.
-            Tx::Sqlite(t) => drop(t),
-            Tx::Postgres(t) => {
+            TxConn::Sqlite(t) => drop(t),
+            TxConn::Postgres(t) => {
                 let _ = t.rollback().await;
             }
         }
@@ -428,7 +472,7 @@ impl Tx {
     /// pipeline's lookups as the tables grew (measured: 10 M index entries read per 10,000
     /// messages). Elsewhere planning anew each time costs more than it saves.
     pub async fn plan_each_execution(&mut self) -> Result<(), StoreError> {
-        if let Tx::Postgres(t) = self {
+        if let TxConn::Postgres(t) = &mut self.conn {
             sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
                 .execute(&mut **t)
                 .await?;

@@ -2,8 +2,8 @@
 //! claimed by one sender (one instance, `FOR UPDATE SKIP LOCKED` on PostgreSQL), and marked
 //! sent as soon as the relay or webhook accepted them.
 
-use super::{StoreError, Tx, now};
-use crate::with_tx;
+use super::{Backend, StoreError, Tx, now};
+use crate::{with_tx, with_tx_as_is};
 
 /// Milliseconds since the epoch, the outbox's clock.
 pub fn now_ms() -> i64 {
@@ -26,7 +26,9 @@ pub async fn enqueue(tx: &mut Tx, org_id: i64, item: &Item) -> Result<(), StoreE
         Item::Webhook { event, payload } => ("webhook", None, event.as_str(), payload.as_str()),
     };
     let ts = now();
-    with_tx!(tx, |c| {
+    // The outbox has no foreign keys and nothing reads it before the commit: held-back
+    // rows (the message this names, say) may stay held back.
+    with_tx_as_is!(tx, |c| {
         sqlx::query(
         "INSERT INTO outbox (organization_id, kind, message_id, event, payload, state, attempts, next_attempt_ms, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7)"
@@ -82,9 +84,9 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<Job>, StoreError> {
     let now = now_ms();
-    let sql = match tx {
-        Tx::Sqlite(_) => CLAIM_SQLITE,
-        Tx::Postgres(_) => CLAIM_POSTGRES,
+    let sql = match tx.backend() {
+        Backend::Sqlite => CLAIM_SQLITE,
+        Backend::Postgres => CLAIM_POSTGRES,
     };
     let mut jobs: Vec<Job> = with_tx!(tx, |c| sqlx::query_as(sql)
         .bind(holder)

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{StoreError, Tx, clean_text, json_list, now};
-use crate::with_tx;
+use crate::{with_tx, with_tx_as_is};
 
 /// A customer row.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -137,6 +137,32 @@ pub async fn find_or_create_customer(
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("customer {email_norm}"))),
     }
+}
+
+/// Creates a customer the caller found missing; held back when the transaction holds
+/// rows back (a concurrent creation then fails the bulk write), else as
+/// [`find_or_create_customer`].
+pub async fn create_customer(
+    tx: &mut Tx,
+    org_id: i64,
+    email: &str,
+    email_norm: &str,
+    name: &str,
+) -> Result<Customer, StoreError> {
+    if !tx.holds_back() {
+        return find_or_create_customer(tx, org_id, email, email_norm, name).await;
+    }
+    let name = clean_text(name.trim());
+    let id = tx
+        .hold_customer(org_id, email, email_norm, &name, now())
+        .await?;
+    Ok(Customer {
+        id,
+        organization_id: org_id,
+        name,
+        email: clean_text(email),
+        is_spam: false,
+    })
 }
 
 /// The customer of `org_id` with this normalized address.
@@ -352,9 +378,13 @@ pub async fn tickets_by_message_ids(
             columns.join(", ")
         )
     });
+    // Held-back messages answer only to their own Message-IDs.
+    if tx.holds_message_id(org_id, ids) {
+        tx.write_pending().await?;
+    }
     for id in ids {
         let found: Vec<Ticket> =
-            with_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+            with_tx_as_is!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
                 .bind(org_id)
                 .bind(id)
                 .fetch_all(c)
@@ -587,6 +617,9 @@ pub async fn insert_numbered_ticket(
     public_id: i64,
 ) -> Result<i64, StoreError> {
     let ts = now();
+    if tx.holds_back() {
+        return tx.hold_ticket(t, public_id, ts).await;
+    }
     let id: i64 = with_tx!(tx, |c| {
         sqlx::query_scalar(
         "INSERT INTO tickets (organization_id, public_id, inbox_id, customer_id, subject, status, waiting_on, classification, is_spam, origin,
@@ -636,8 +669,12 @@ pub async fn update_ticket_after_message(
     state: Option<&TicketState>,
     has_attachments: bool,
 ) -> Result<(), StoreError> {
+    // Held-back rows are inserts: only a held-back ticket itself changes this statement.
+    if tx.holds_ticket(ticket_id) {
+        tx.write_pending().await?;
+    }
     match state {
-        Some(s) => with_tx!(tx, |c| {
+        Some(s) => with_tx_as_is!(tx, |c| {
             sqlx::query(
             "UPDATE tickets SET status = $3, waiting_on = $4, classification = $5, closed_at = $6,
              has_attachments = (has_attachments OR $7), updated_at = $8 WHERE organization_id = $1 AND id = $2"
@@ -654,7 +691,7 @@ pub async fn update_ticket_after_message(
         .await
         .map(|r| r.rows_affected())
         })?,
-        None => with_tx!(tx, |c| {
+        None => with_tx_as_is!(tx, |c| {
             sqlx::query(
             "UPDATE tickets SET has_attachments = (has_attachments OR $3), updated_at = $4 WHERE organization_id = $1 AND id = $2"
         )
@@ -715,6 +752,9 @@ pub struct NewMessage<'a> {
 /// Inserts a message; returns its id. A duplicate key surfaces as a unique violation.
 pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<i64, StoreError> {
     let ts = now();
+    if tx.holds_back() {
+        return tx.hold_message(m, ts).await;
+    }
     Ok(with_tx!(tx, |c| {
         sqlx::query_scalar(
         "INSERT INTO messages (organization_id, ticket_id, role, direction, author_user_id, sender_customer_id, sender_email, sender_name,
@@ -774,6 +814,9 @@ pub struct NewAttachment<'a> {
 
 /// Inserts an attachment row (its bytes are in the blob store already).
 pub async fn insert_attachment(tx: &mut Tx, a: &NewAttachment<'_>) -> Result<(), StoreError> {
+    if tx.holds_back() {
+        return tx.hold_attachment(a, now());
+    }
     with_tx!(tx, |c| {
         sqlx::query(
         "INSERT INTO attachments (id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline, created_at)
@@ -862,7 +905,9 @@ pub struct InboundLog<'a> {
 
 /// Records what became of a delivery.
 pub async fn log_inbound(tx: &mut Tx, l: &InboundLog<'_>) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
+    // The log has no foreign keys and nothing reads it before the commit: held-back rows
+    // may stay held back.
+    with_tx_as_is!(tx, |c| {
         sqlx::query(
         "INSERT INTO inbound_log (organization_id, recipient, source, raw_sha256, outcome, detail, ticket_id, message_id, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"

@@ -486,3 +486,118 @@ async fn a_batch_sees_its_own_writes_sqlite() {
 async fn a_batch_sees_its_own_writes_postgres() {
     a_batch_sees_its_own_writes(Db::Postgres).await;
 }
+
+/// Rows held back for a bulk write: seen by every later statement of the transaction, ids
+/// that never collide with a row written meanwhile, and a failed bulk write reported as such.
+async fn held_back_rows(db: Db) {
+    use initdesk_gateway::store::tickets::{NewMessage, NewTicket};
+    let gw = TestGateway::new(db).await;
+    let mut tx = gw.store.begin().await.expect("begin");
+    tx.hold_back_inserts(4);
+    let customer =
+        tickets::create_customer(&mut tx, 1, "held@example.com", "held@example.com", "Held")
+            .await
+            .expect("customer");
+    let ticket = |subject: &'static str| NewTicket {
+        organization_id: 1,
+        inbox_id: 1,
+        customer_id: customer.id,
+        subject,
+        status: "created",
+        waiting_on: "associate",
+        is_spam: false,
+        origin: "email",
+        description: "",
+        description_html: "",
+        external_recipient_emails: &[],
+        language: "",
+        has_attachments: false,
+        created_by_role: "customer",
+        created_by_user_id: None,
+        reply_domain: "",
+    };
+    let first = tickets::insert_numbered_ticket(&mut tx, &ticket("one"), 1)
+        .await
+        .expect("ticket");
+    let message = |ticket_id: i64, header: &'static str| NewMessage {
+        organization_id: 1,
+        ticket_id,
+        role: "customer",
+        direction: "inbound",
+        sender_email: "held@example.com",
+        is_visible_to_customer: true,
+        message_id_header: Some(header),
+        ..NewMessage::default()
+    };
+    let m1 = tickets::insert_message(&mut tx, &message(first, "<one@example.com>"))
+        .await
+        .expect("message");
+    let m2 = tickets::insert_message(&mut tx, &message(first, "<two@example.com>"))
+        .await
+        .expect("message");
+    assert_eq!(m2, m1 + 1, "ids in the order rows are held back");
+
+    // A lookup by a held-back Message-ID finds it (the rows are written first).
+    let found = tickets::tickets_by_message_ids(&mut tx, 1, &["<two@example.com>".to_string()])
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found.1.iter().map(|t| t.id).collect::<Vec<_>>(), [first]);
+    assert_eq!(
+        tickets::customer_by_email(&mut tx, 1, "held@example.com")
+            .await
+            .expect("read")
+            .map(|c| c.id),
+        Some(customer.id)
+    );
+
+    // A row written in between takes the next id; later held-back rows come after it.
+    with_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO messages (organization_id, ticket_id, role, direction, is_visible_to_customer, created_at, updated_at)
+         VALUES (1, $1, 'system', 'outbound', TRUE, $2, $2)"
+    )
+    .bind(first)
+    .bind(chrono::Utc::now())
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .expect("plain insert");
+    let m3 = tickets::insert_message(&mut tx, &message(first, "<three@example.com>"))
+        .await
+        .expect("message");
+    tx.commit().await.expect("commit writes what is held back");
+
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let stored = tickets::list_messages(&mut tx, 1, first)
+        .await
+        .expect("messages");
+    tx.rollback().await.expect("rollback");
+    let ids: Vec<i64> = stored.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(&ids[..2], &[m1, m2]);
+    assert_eq!(ids[3], m3);
+    assert!(ids[2] > m2 && ids[2] < m3, "{ids:?}");
+
+    // A held-back customer that exists after all fails the bulk write, and says so.
+    let mut tx = gw.store.begin().await.expect("begin");
+    tx.hold_back_inserts(1);
+    tickets::create_customer(&mut tx, 1, "held@example.com", "held@example.com", "")
+        .await
+        .expect("held");
+    assert!(!tx.bulk_write_failed());
+    let written = tx.write_pending().await;
+    assert!(written.is_err());
+    assert!(tx.bulk_write_failed());
+    tx.discard().await;
+    gw.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_rows_sqlite() {
+    held_back_rows(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_rows_postgres() {
+    held_back_rows(Db::Postgres).await;
+}
