@@ -5,6 +5,7 @@
 
 pub mod blobs;
 pub mod imap;
+pub mod nodelay;
 pub mod orgs;
 pub mod outbox;
 pub mod pending;
@@ -333,6 +334,14 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        if !nodelay::set(conn).await? {
+                            tracing::debug!("no TCP socket found to set TCP_NODELAY on");
+                        }
+                        Ok(())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Ok(Store::Postgres(pool))

@@ -601,3 +601,27 @@ async fn held_back_rows_sqlite() {
 async fn held_back_rows_postgres() {
     held_back_rows(Db::Postgres).await;
 }
+
+/// The store's PostgreSQL connections send without Nagle's delay (sqlx 0.9 no longer asks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_have_tcp_nodelay() {
+    let gw = TestGateway::new(Db::Postgres).await;
+    let mut tx = gw.store.begin().await.expect("begin");
+    let (local, remote): (i32, i32) = with_tx!(&mut tx, |c| sqlx::query_as(
+        "SELECT inet_client_port(), inet_server_port()"
+    )
+    .fetch_one(c)
+    .await)
+    .expect("ports");
+    let set = initdesk_gateway::store::nodelay::is_set(
+        u16::try_from(local).expect("port"),
+        u16::try_from(remote).expect("port"),
+    );
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        set,
+        Some(true),
+        "the connection's socket is found and has TCP_NODELAY"
+    );
+    gw.cleanup().await;
+}
