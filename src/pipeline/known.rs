@@ -7,16 +7,29 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::store::tickets::{self, Customer};
+use crate::store::tickets::{self, Customer, Ticket, TicketState};
 use crate::store::{StoreError, Tx};
 
 /// One message's keys, for [`Known::load`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Keys<'a> {
     pub org_id: i64,
     pub dedupe_key: &'a str,
     /// The normalized sender address, when the message has one.
     pub sender: Option<&'a str>,
+    /// The Message-IDs threading will look up ([`super::thread::referenced_ids`]).
+    pub refs: Vec<&'a str>,
+}
+
+/// What the batch knows about the tickets of some Message-IDs.
+#[derive(Debug)]
+pub(super) enum Threading {
+    /// The first of the ids any message carries, with the tickets of those messages.
+    Found(String, Vec<Ticket>),
+    /// No message carries any of them.
+    NotFound,
+    /// The batch cannot tell (a message it stored carries one): ask the database.
+    Unknown,
 }
 
 /// The batch's view of duplicates, customers and recently opened tickets.
@@ -38,6 +51,13 @@ pub(super) struct Known {
     per_org: HashMap<i64, i64>,
     /// Ticket numbers taken and not used yet, per organization: (next, last).
     numbers: HashMap<i64, (i64, i64)>,
+    /// Per (organization, Message-ID) looked up by `load`: the tickets of the messages
+    /// carrying it, in message order (empty when none does).
+    threads: HashMap<(i64, String), Vec<i64>>,
+    /// Those tickets, kept current as the batch changes them.
+    tickets: HashMap<i64, Ticket>,
+    /// Message-IDs of the messages the batch stored.
+    written_ids: HashSet<(i64, String)>,
 }
 
 impl Known {
@@ -76,6 +96,18 @@ impl Known {
                 known.loaded.insert((org_id, found.customer.id));
                 known.remember_customer(org_id, found.email_norm, found.customer);
             }
+            let refs = distinct(of_org().flat_map(|k| k.refs.iter().copied()));
+            for r in &refs {
+                known.threads.insert((org_id, (*r).to_string()), Vec::new());
+            }
+            for found in tickets::tickets_by_message_id_list(tx, org_id, &refs).await? {
+                let ticket_id = found.ticket.id;
+                let of_header = known.threads.entry((org_id, found.header)).or_default();
+                if !of_header.contains(&ticket_id) {
+                    of_header.push(ticket_id);
+                }
+                known.tickets.insert(ticket_id, found.ticket);
+            }
             for (customer_id, at) in
                 tickets::tickets_opened_since(tx, org_id, &ids, now - window).await?
             {
@@ -94,10 +126,66 @@ impl Known {
         self.dedupe.get(&(org_id, key.to_string())).copied()
     }
 
-    /// Notes a message stored under `key` in this batch.
-    pub fn stored_message(&mut self, org_id: i64, key: &str, ticket_id: i64, message_id: i64) {
+    /// Notes a message stored under `key` (and Message-ID `header`) in this batch.
+    pub fn stored_message(
+        &mut self,
+        org_id: i64,
+        key: &str,
+        header: Option<&str>,
+        ticket_id: i64,
+        message_id: i64,
+    ) {
         self.dedupe
             .insert((org_id, key.to_string()), (ticket_id, message_id));
+        if let Some(h) = header {
+            self.written_ids.insert((org_id, h.to_string()));
+        }
+    }
+
+    /// The tickets threading rule 2 finds for `ids`, tried in order, as the database would
+    /// answer now.
+    pub fn threading(&self, org_id: i64, ids: &[String]) -> Threading {
+        for id in ids {
+            let key = (org_id, id.clone());
+            if self.written_ids.contains(&key) {
+                return Threading::Unknown;
+            }
+            let Some(ticket_ids) = self.threads.get(&key) else {
+                return Threading::Unknown;
+            };
+            if ticket_ids.is_empty() {
+                continue;
+            }
+            let tickets: Option<Vec<Ticket>> = ticket_ids
+                .iter()
+                .map(|t| self.tickets.get(t).cloned())
+                .collect();
+            return match tickets {
+                Some(t) => Threading::Found(id.clone(), t),
+                None => Threading::Unknown,
+            };
+        }
+        Threading::NotFound
+    }
+
+    /// Notes a new message on ticket `ticket_id`: its state when changed, attachments.
+    pub fn ticket_changed(
+        &mut self,
+        ticket_id: i64,
+        state: Option<&TicketState>,
+        has_attachments: bool,
+        at: DateTime<Utc>,
+    ) {
+        if let Some(t) = self.tickets.get_mut(&ticket_id) {
+            if let Some(s) = state {
+                t.status.clone_from(&s.status);
+                t.waiting_on.clone_from(&s.waiting_on);
+                t.classification.clone_from(&s.classification);
+                t.closed_at = s.closed_at;
+            }
+            t.has_attachments |= has_attachments;
+            t.updated_at = at;
+        }
     }
 
     /// The customer with this normalized address, when stored.
@@ -255,11 +343,99 @@ mod tests {
         assert!(known.customer_by_id(2, 7).is_none());
     }
 
+    fn ticket(id: i64) -> Ticket {
+        let at = Utc::now();
+        Ticket {
+            id,
+            organization_id: 1,
+            public_id: id,
+            inbox_id: 1,
+            customer_id: 5,
+            assignee_id: None,
+            subject: String::new(),
+            status: "pending_customer".into(),
+            waiting_on: "customer".into(),
+            classification: String::new(),
+            is_spam: false,
+            origin: "email".into(),
+            description: String::new(),
+            description_html: String::new(),
+            external_recipient_emails: "[]".into(),
+            tags: "[]".into(),
+            language: String::new(),
+            has_attachments: false,
+            customer_visible_reply_count: 0,
+            created_by_role: "customer".into(),
+            created_by_user_id: None,
+            summary: String::new(),
+            sentiment_analysis_class: "pending".into(),
+            csat_rating: None,
+            csat_comment: None,
+            closed_at: None,
+            created_at: at,
+            updated_at: at,
+            reply_domain: String::new(),
+        }
+    }
+
+    #[test]
+    fn threading_answers_from_the_batch_start_only_when_nothing_since_can_change_it() {
+        let mut known = Known::default();
+        known.threads.insert((1, "<none>".into()), Vec::new());
+        known.threads.insert((1, "<a>".into()), vec![7, 8]);
+        known.tickets.insert(7, ticket(7));
+        known.tickets.insert(8, ticket(8));
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match known.threading(1, &ids(&["<none>", "<a>"])) {
+            Threading::Found(matched, tickets) => {
+                assert_eq!(matched, "<a>");
+                assert_eq!(tickets.iter().map(|t| t.id).collect::<Vec<_>>(), [7, 8]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            known.threading(1, &ids(&["<none>"])),
+            Threading::NotFound
+        ));
+        // Not read at the start, or another organization's: only the database knows.
+        assert!(matches!(
+            known.threading(1, &ids(&["<other>"])),
+            Threading::Unknown
+        ));
+        assert!(matches!(
+            known.threading(2, &ids(&["<a>"])),
+            Threading::Unknown
+        ));
+        // A message of the batch now carries an id that was free at the start.
+        known.stored_message(1, "k", Some("<none>"), 9, 10);
+        assert!(matches!(
+            known.threading(1, &ids(&["<none>", "<a>"])),
+            Threading::Unknown
+        ));
+        // The batch's own change to a ticket is what the next message sees.
+        let state = TicketState {
+            status: "active".into(),
+            waiting_on: "associate".into(),
+            classification: String::new(),
+            closed_at: None,
+        };
+        known.ticket_changed(7, Some(&state), true, Utc::now());
+        match known.threading(1, &ids(&["<a>"])) {
+            Threading::Found(_, tickets) => {
+                assert_eq!(tickets[0].status, "active");
+                assert_eq!(tickets[0].waiting_on, "associate");
+                assert!(tickets[0].has_attachments);
+                assert_eq!(tickets[1].status, "pending_customer");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn duplicates_written_in_the_batch_are_seen() {
         let mut known = Known::default();
         assert_eq!(known.duplicate(1, "k"), None);
-        known.stored_message(1, "k", 3, 4);
+        known.stored_message(1, "k", None, 3, 4);
         assert_eq!(known.duplicate(1, "k"), Some((3, 4)));
         assert_eq!(known.duplicate(2, "k"), None);
     }

@@ -426,6 +426,9 @@ impl Pipeline {
                     org_id: r.route.entry.org.id,
                     dedupe_key: &r.prepared.mail.dedupe_key,
                     sender: sender.as_deref(),
+                    refs: thread::referenced_ids(&r.prepared.mail)
+                        .map(|(id, _)| id.as_str())
+                        .collect(),
                 })
                 .collect();
             let window =

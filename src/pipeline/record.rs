@@ -150,7 +150,7 @@ pub(super) async fn apply(
         is_agent: agent.is_some(),
         authenticated: auth.iter().any(AuthResult::passed),
     };
-    let decision = thread::decide(tx, ctx.route, mail, sender, ctx.tokens, now()).await?;
+    let decision = thread::decide(tx, known, ctx.route, mail, sender, ctx.tokens, now()).await?;
     let auto_reply = autoreply::detect(&mail.headers, ctx.envelope.mail_from.as_deref());
     let facts = Facts {
         from: &from,
@@ -377,14 +377,10 @@ async fn append(
             }
         }
     });
-    tickets::update_ticket_after_message(
-        tx,
-        org.id,
-        ticket.id,
-        next.as_ref(),
-        !ctx.prepared.attachments.is_empty(),
-    )
-    .await?;
+    let has_attachments = !ctx.prepared.attachments.is_empty();
+    tickets::update_ticket_after_message(tx, org.id, ticket.id, next.as_ref(), has_attachments)
+        .await?;
+    known.ticket_changed(ticket.id, next.as_ref(), has_attachments, now());
     webhook::enqueue(
         tx,
         org,
@@ -478,7 +474,13 @@ async fn insert_message(
         },
     )
     .await?;
-    known.stored_message(org_id, &mail.dedupe_key, ticket_id, message_id);
+    known.stored_message(
+        org_id,
+        &mail.dedupe_key,
+        mail.message_id.as_deref(),
+        ticket_id,
+        message_id,
+    );
     for a in &p.attachments {
         tickets::insert_attachment(
             tx,

@@ -4,8 +4,9 @@
 //! per batch replaces one per row.
 //!
 //! Held-back rows get their ids when they are held back: on SQLite from `sqlite_sequence`
-//! (the batch holds the only write lock), on PostgreSQL from the table's sequence in
-//! blocks; both are read again after every bulk write, so ids follow the order of writes. Every statement run through
+//! (the batch holds the only write lock; read again after every bulk write, as another
+//! insert may follow it), on PostgreSQL from the table's sequence in blocks, so ids follow
+//! the order rows are held back in (a row inserted otherwise meanwhile may sort between). Every statement run through
 //! [`crate::with_tx!`] writes the held-back rows first, so nothing ever reads around them;
 //! the few lookups that skip that say why their answer cannot depend on them.
 
@@ -224,7 +225,7 @@ impl Tx {
             None => return Err(StoreError::Conflict("no rows are held back".into())),
         };
         if needs_read {
-            self.read_ids().await?;
+            self.read_ids(table).await?;
         }
         let p = self
             .pending
@@ -243,8 +244,10 @@ impl Tx {
         }
     }
 
-    /// Fills every table's id source that is empty, in one statement.
-    async fn read_ids(&mut self) -> Result<(), StoreError> {
+    /// Fills the id source of `table`: on SQLite every table's from `sqlite_sequence` in one
+    /// statement; on PostgreSQL a block from `table`'s sequence, so a batch that opens no
+    /// ticket takes no ticket ids.
+    async fn read_ids(&mut self, table: Table) -> Result<(), StoreError> {
         let block = self.pending.as_ref().map_or(1, |p| p.block);
         match &mut self.conn {
             TxConn::Sqlite(c) => {
@@ -268,33 +271,17 @@ impl Tx {
                 }
             }
             TxConn::Postgres(c) => {
-                let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-                    "SELECT nextval(pg_get_serial_sequence('customers', 'id')),
-                            nextval(pg_get_serial_sequence('tickets', 'id')),
-                            nextval(pg_get_serial_sequence('messages', 'id'))
-                     FROM generate_series(1, $1)",
+                let mut ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2)",
                 )
+                .bind(table.name())
                 .bind(block)
                 .fetch_all(&mut **c)
                 .await?;
-                let Some(p) = self.pending.as_mut() else {
-                    return Ok(());
-                };
-                for table in Table::ALL {
-                    let mut ids: Vec<i64> = rows
-                        .iter()
-                        .map(|r| match table {
-                            Table::Customers => r.0,
-                            Table::Tickets => r.1,
-                            Table::Messages => r.2,
-                        })
-                        .collect();
-                    // Ids in the order rows are written: messages of a ticket sort by id.
-                    ids.sort_unstable();
-                    match &mut p.ids[table.index()] {
-                        Ids::Block(left) => left.extend(ids),
-                        other => *other = Ids::Block(ids.into()),
-                    }
+                // Ids in the order rows are written: messages of a ticket sort by id.
+                ids.sort_unstable();
+                if let Some(p) = self.pending.as_mut() {
+                    p.ids[table.index()] = Ids::Block(ids.into());
                 }
             }
         }
@@ -448,9 +435,12 @@ impl Tx {
         let attachments = std::mem::take(&mut p.attachments);
         p.message_ids.clear();
         p.ticket_ids.clear();
-        // Another insert may follow this write in the same transaction and take the next
-        // ids (SQLite) or later ones (PostgreSQL): rows held back after it get ids after it.
-        p.ids = Default::default();
+        if matches!(self.conn, TxConn::Sqlite(_)) {
+            // Another insert may follow this write in the same transaction and take the
+            // next ids: read the counters again before giving any out. (PostgreSQL's blocks
+            // are this transaction's alone.)
+            p.ids = Default::default();
+        }
         let written = async {
             write_customers(self, &customers).await?;
             write_tickets(self, &tickets).await?;

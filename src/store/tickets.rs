@@ -401,6 +401,50 @@ pub async fn tickets_by_message_ids(
     Ok(None)
 }
 
+/// A ticket with the Message-ID of one of its messages.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TicketByMessageId {
+    pub header: String,
+    #[sqlx(flatten)]
+    pub ticket: Ticket,
+}
+
+/// For each of these Message-IDs, the tickets of the first 20 messages carrying it, in the
+/// order of those messages: [`tickets_by_message_ids`] for a whole batch in one statement.
+pub async fn tickets_by_message_id_list(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[&str],
+) -> Result<Vec<TicketByMessageId>, StoreError> {
+    static HEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns: Vec<String> = TICKET_COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect();
+        format!(
+            "SELECT x.header, {} FROM (
+               SELECT message_id_header AS header, ticket_id, id,
+                      ROW_NUMBER() OVER (PARTITION BY message_id_header ORDER BY id) AS n
+               FROM messages WHERE organization_id = ",
+            columns.join(", ")
+        )
+    });
+    let mut found = Vec::new();
+    for chunk in ids.chunks(super::MAX_ROWS) {
+        let rows: Vec<TicketByMessageId> = with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(HEAD.as_str());
+            q.push_bind(org_id).push(" AND message_id_header");
+            super::push_in_list(&mut q, chunk);
+            q.push(
+                ") x JOIN tickets t ON t.id = x.ticket_id WHERE x.n <= 20 ORDER BY x.header, x.id",
+            );
+            q.build_query_as().fetch_all(c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
 /// The messages that carry the first of these Message-IDs that any message carries.
 pub async fn find_by_message_ids(
     tx: &mut Tx,
@@ -558,7 +602,8 @@ pub async fn next_public_id(tx: &mut Tx, org_id: i64) -> Result<i64, StoreError>
 /// until commit. Numbers not used must be given back with [`return_public_ids`] before the
 /// commit, so that numbering stays gap-free.
 pub async fn reserve_public_ids(tx: &mut Tx, org_id: i64, count: i64) -> Result<i64, StoreError> {
-    Ok(with_tx!(tx, |c| {
+    // The counter row depends on no held-back row: they may stay held back.
+    Ok(with_tx_as_is!(tx, |c| {
         sqlx::query_scalar(
         "UPDATE ticket_counters SET last_public_id = last_public_id + $2 WHERE organization_id = $1 RETURNING last_public_id"
     )
@@ -571,7 +616,7 @@ pub async fn reserve_public_ids(tx: &mut Tx, org_id: i64, count: i64) -> Result<
 
 /// Gives back the last `count` numbers taken by [`reserve_public_ids`] in this transaction.
 pub async fn return_public_ids(tx: &mut Tx, org_id: i64, count: i64) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
+    with_tx_as_is!(tx, |c| {
         sqlx::query(
             "UPDATE ticket_counters SET last_public_id = last_public_id - $2 WHERE organization_id = $1",
         )

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 pub use subject_tag::find_tags;
 pub use token::ReplyTokens;
 
+use super::known::{Known, Threading};
 use super::parse::ParsedMail;
 use super::route::Route;
 use crate::store::tickets::{self, Ticket};
@@ -54,9 +55,24 @@ pub struct Sender<'a> {
     pub authenticated: bool,
 }
 
-/// Applies the threading rules in order.
-pub async fn decide(
+/// The Message-IDs rule 2 looks up, in order: In-Reply-To, then References from the newest.
+pub fn referenced_ids(mail: &ParsedMail) -> impl Iterator<Item = (&String, ThreadedBy)> {
+    mail.in_reply_to
+        .iter()
+        .map(|i| (i, ThreadedBy::InReplyTo))
+        .chain(
+            mail.references
+                .iter()
+                .rev()
+                .take(50)
+                .map(|i| (i, ThreadedBy::References)),
+        )
+}
+
+/// Applies the threading rules in order; `known` answers rule 2 for most messages of a batch.
+pub(in crate::pipeline) async fn decide(
     tx: &mut Tx,
+    known: &Known,
     route: &Route,
     mail: &ParsedMail,
     sender: Sender<'_>,
@@ -94,23 +110,17 @@ pub async fn decide(
     }
 
     // Rule 2: In-Reply-To, then References from the newest.
-    let mut ids: Vec<(String, ThreadedBy)> = mail
-        .in_reply_to
-        .iter()
-        .map(|i| (i.clone(), ThreadedBy::InReplyTo))
+    let ids: Vec<(String, ThreadedBy)> = referenced_ids(mail)
+        .map(|(i, by)| (i.clone(), by))
         .collect();
-    ids.extend(
-        mail.references
-            .iter()
-            .rev()
-            .take(50)
-            .map(|i| (i.clone(), ThreadedBy::References)),
-    );
     if !ids.is_empty() {
         let only_ids: Vec<String> = ids.iter().map(|(i, _)| i.clone()).collect();
-        if let Some((matched, candidates)) =
-            tickets::tickets_by_message_ids(tx, org.id, &only_ids).await?
-        {
+        let found = match known.threading(org.id, &only_ids) {
+            Threading::Found(matched, tickets) => Some((matched, tickets)),
+            Threading::NotFound => None,
+            Threading::Unknown => tickets::tickets_by_message_ids(tx, org.id, &only_ids).await?,
+        };
+        if let Some((matched, candidates)) = found {
             let by = ids
                 .iter()
                 .find(|(i, _)| *i == matched)
