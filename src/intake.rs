@@ -27,10 +27,18 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Starts the committer task for `pipeline`.
+    /// Starts the committer for `pipeline` on a thread of its own.
+    ///
+    /// Every statement of a commit hands off to the database driver and back; polled by the
+    /// runtime's workers, each return queued behind every busy SMTP session's task, and the
+    /// serial commit, the limit of the whole listener, waited on them. On its own thread it
+    /// is woken directly (still within the runtime, for timers and blocking work).
     pub fn start(pipeline: Pipeline) -> (Intake, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(commit_loop(pipeline.clone(), rx));
+        let runtime = tokio::runtime::Handle::current();
+        let committer = pipeline.clone();
+        let task =
+            tokio::task::spawn_blocking(move || runtime.block_on(commit_loop(committer, rx)));
         (Intake { jobs, pipeline }, task)
     }
 
@@ -47,7 +55,9 @@ impl Intake {
                 })
                 .collect()
         };
-        let deliveries = self.pipeline.prepare_all(deliveries).await;
+        let mut deliveries = self.pipeline.prepare_all(deliveries).await;
+        // Off the serial commit: each session waits for its own files' fsyncs.
+        self.pipeline.make_files_durable(&mut deliveries).await;
         if self.jobs.send(Job { deliveries, reply }).await.is_err() {
             return gone();
         }

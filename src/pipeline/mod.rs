@@ -302,6 +302,37 @@ impl Pipeline {
         }
     }
 
+    /// Makes the attachment and raw-mail files of prepared messages durable now, so that
+    /// their commit need not: a listener's session does this before it queues its message
+    /// for the serial commit. On failure the commit tries again (and answers for it).
+    pub async fn make_files_durable(&self, prepared: &mut [PreparedDelivery]) {
+        let names: Vec<String> = prepared
+            .iter()
+            .filter_map(|p| match &p.0 {
+                Staged::Ready(r) if !r.blobs_synced => Some(r.blob_names()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let blobs = self.inner.blobs.clone();
+        match tokio::task::spawn_blocking(move || blobs.sync(&names)).await {
+            Ok(Ok(())) => {
+                for p in prepared.iter_mut() {
+                    if let Staged::Ready(r) = &mut p.0 {
+                        r.blobs_synced = true;
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "attachment files not synced; the commit retries")
+            }
+            Err(e) => tracing::warn!(error = %e, "attachment sync task failed; the commit retries"),
+        }
+    }
+
     async fn prepare(&self, delivery: Delivery) -> Staged {
         let route = match self
             .inner
@@ -335,6 +366,7 @@ impl Pipeline {
                 prepared: p,
                 envelope: delivery.envelope,
                 raw,
+                blobs_synced: false,
             })),
             Ok(Err(PrepareError::Blob(e))) => {
                 Staged::Rejected(IngestError::Temporary(StoreError::Io(e)))
@@ -371,16 +403,7 @@ impl Pipeline {
         let blobs: Vec<String> = staged
             .iter()
             .filter_map(|s| match s {
-                Staged::Ready(r) => Some(
-                    r.prepared
-                        .attachments
-                        .iter()
-                        .map(|a| a.sha256.clone())
-                        .chain(match &r.prepared.raw_stored {
-                            raw::Stored::Blob(sha) => Some(sha.clone()),
-                            raw::Stored::Inline(_) => None,
-                        }),
-                ),
+                Staged::Ready(r) if !r.blobs_synced => Some(r.blob_names()),
                 _ => None,
             })
             .flatten()
@@ -715,4 +738,20 @@ struct Ready {
     prepared: Prepared,
     envelope: Envelope,
     raw: Arc<[u8]>,
+    /// Its files in the blob store are durable already ([`Pipeline::make_files_durable`]).
+    blobs_synced: bool,
+}
+
+impl Ready {
+    /// The blob-store names of its attachments and, when kept there, its raw mail.
+    fn blob_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.prepared
+            .attachments
+            .iter()
+            .map(|a| a.sha256.clone())
+            .chain(match &self.prepared.raw_stored {
+                raw::Stored::Blob(sha) => Some(sha.clone()),
+                raw::Stored::Inline(_) => None,
+            })
+    }
 }
