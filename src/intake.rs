@@ -94,8 +94,17 @@ async fn commit(pipeline: &Pipeline, jobs: Vec<Job>, count: usize) {
     }
     metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
     let started = std::time::Instant::now();
-    let results = pipeline.commit_prepared(all).await;
-    metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
+    let (results, durable) = pipeline.commit_prepared_then_sync(all).await;
+    // The next batch commits while this one's log reaches the disk; its sessions hear back
+    // only after that.
+    tokio::spawn(async move {
+        let results = Pipeline::once_durable(results, durable).await;
+        metrics::histogram!("initdesk_commit_seconds").record(started.elapsed().as_secs_f64());
+        answer(results, replies, sizes);
+    });
+}
+
+fn answer(results: Results, replies: Vec<oneshot::Sender<Results>>, sizes: Vec<usize>) {
     for r in &results {
         let outcome = match r {
             Ok(o) => o.kind(),

@@ -21,6 +21,7 @@ pub use thread::ReplyTokens;
 
 use crate::config::{Config, LimitsConfig, PolicyConfig};
 use crate::store::blobs::{BlobStore, FsBlobStore};
+use crate::store::wal_sync::Durable;
 use crate::store::{Store, StoreError, Tx, now, quarantine, raw};
 use known::Known;
 use prepare::{PrepareError, Prepared};
@@ -257,7 +258,9 @@ impl Pipeline {
     /// Ingests several messages in one transaction; one result per message, in order.
     /// A transient failure fails the whole batch (nothing is committed, everything is retried).
     pub async fn ingest_batch(&self, batch: Vec<Delivery>) -> Vec<Result<Outcome, IngestError>> {
-        let prepared = self.prepare_all(batch).await;
+        let mut prepared = self.prepare_all(batch).await;
+        // Before waiting for the commit turn: another batch's commit runs meanwhile.
+        self.make_files_durable(&mut prepared).await;
         self.commit_prepared(prepared).await
     }
 
@@ -280,6 +283,17 @@ impl Pipeline {
         &self,
         prepared: Vec<PreparedDelivery>,
     ) -> Vec<Result<Outcome, IngestError>> {
+        let (results, durable) = self.commit_prepared_then_sync(prepared).await;
+        Self::once_durable(results, durable).await
+    }
+
+    /// [`Pipeline::commit_prepared`] that returns as soon as the commit is made, before it
+    /// is durable: the next batch can be committed while the disk catches up. The results
+    /// may be acknowledged only through [`Pipeline::once_durable`].
+    pub async fn commit_prepared_then_sync(
+        &self,
+        prepared: Vec<PreparedDelivery>,
+    ) -> (Vec<Result<Outcome, IngestError>>, Durable) {
         let n = prepared.len();
         let staged = prepared.into_iter().map(|p| p.0).collect();
         let committed = {
@@ -287,18 +301,20 @@ impl Pipeline {
             self.commit_batch(staged).await
         };
         match committed {
-            Ok(results) => results,
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::warn!(error = %msg, messages = n, "batch not committed; the sender will retry");
-                (0..n)
-                    .map(|_| {
-                        Err(IngestError::Temporary(StoreError::Io(
-                            std::io::Error::other(msg.clone()),
-                        )))
-                    })
-                    .collect()
-            }
+            Ok((results, durable)) => (results, durable),
+            Err(e) => (failed_batch(n, &e), Durable::already()),
+        }
+    }
+
+    /// The results of a commit once it is durable; all temporary failures when it cannot be
+    /// made durable (the senders keep the mail and retry).
+    pub async fn once_durable(
+        results: Vec<Result<Outcome, IngestError>>,
+        durable: Durable,
+    ) -> Vec<Result<Outcome, IngestError>> {
+        match durable.wait().await {
+            Ok(()) => results,
+            Err(e) => failed_batch(results.len(), &e),
         }
     }
 
@@ -389,16 +405,17 @@ impl Pipeline {
     async fn commit_batch(
         &self,
         staged: Vec<Staged>,
-    ) -> Result<Vec<Result<Outcome, IngestError>>, StoreError> {
+    ) -> Result<(Vec<Result<Outcome, IngestError>>, Durable), StoreError> {
         // Nothing to write (e.g. every recipient unknown): no transaction at all.
         if staged.iter().all(|s| matches!(s, Staged::Rejected(_))) {
-            return Ok(staged
+            let results = staged
                 .into_iter()
                 .map(|s| match s {
                     Staged::Rejected(e) => Err(e),
                     _ => Err(IngestError::Failed("unreachable".into())),
                 })
-                .collect());
+                .collect();
+            return Ok((results, Durable::already()));
         }
         let blobs: Vec<String> = staged
             .iter()
@@ -575,8 +592,8 @@ impl Pipeline {
                 tx.discard().await;
                 return Err(e);
             }
-            tx.commit().await?;
-            return Ok(staged
+            let durable = tx.commit_then_sync().await?;
+            let results = staged
                 .into_iter()
                 .zip(results)
                 .map(|(item, result)| match (item, result) {
@@ -584,7 +601,8 @@ impl Pipeline {
                     (Staged::Rejected(e), None) => Err(e),
                     (_, None) => Err(IngestError::Failed("no result".into())),
                 })
-                .collect());
+                .collect();
+            return Ok((results, durable));
         }
         Err(StoreError::Conflict(
             "the batch kept failing; every message is retried later".into(),
@@ -707,6 +725,19 @@ impl Pipeline {
         }
         outcome
     }
+}
+
+/// Every message of a batch that could not be committed (or made durable): temporary.
+fn failed_batch(n: usize, e: &StoreError) -> Vec<Result<Outcome, IngestError>> {
+    let msg = e.to_string();
+    tracing::warn!(error = %msg, messages = n, "batch not committed; the sender will retry");
+    (0..n)
+        .map(|_| {
+            Err(IngestError::Temporary(StoreError::Io(
+                std::io::Error::other(msg.clone()),
+            )))
+        })
+        .collect()
 }
 
 /// What applying one message inside the batch transaction came to.

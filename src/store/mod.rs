@@ -15,6 +15,7 @@ pub mod replies;
 pub mod scratch;
 pub mod tickets;
 pub mod views;
+pub mod wal_sync;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -197,6 +198,8 @@ pub struct SqliteTx {
     open: bool,
     /// Held by a write transaction until it ends.
     _gate: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A write transaction's log, made durable after its commit.
+    wal: Option<std::sync::Arc<wal_sync::WalSync>>,
 }
 
 /// Queues this process's SQLite write transactions in order. SQLite lets one writer in at a
@@ -214,6 +217,8 @@ pub type WriteGate = std::sync::Arc<tokio::sync::Semaphore>;
 pub struct SqliteWriter {
     pool: SqlitePool,
     gate: WriteGate,
+    /// Set when commits do not wait for the disk themselves (`synchronous = NORMAL`).
+    wal: Option<std::sync::Arc<wal_sync::WalSync>>,
 }
 
 /// How long a write waits for the gate before it is a temporary failure (as the busy timeout).
@@ -228,7 +233,11 @@ impl SqliteTx {
         pool: &SqlitePool,
         statement: &'static str,
         gate: Option<&WriteGate>,
+        wal: Option<&std::sync::Arc<wal_sync::WalSync>>,
     ) -> Result<Self, StoreError> {
+        if let Some(wal) = wal {
+            wal.check()?;
+        }
         let permit = match gate {
             Some(gate) => Some(
                 tokio::time::timeout(WRITE_GATE_WAIT, gate.clone().acquire_owned())
@@ -247,16 +256,23 @@ impl SqliteTx {
             conn,
             open: true,
             _gate: permit,
+            wal: wal.cloned(),
         })
     }
 
-    async fn finish(mut self, statement: &'static str) -> Result<(), StoreError> {
+    /// Ends the transaction; the connection and the write gate are free when this returns,
+    /// the commit durable once the result's [`wal_sync::Durable::wait`] returns.
+    async fn finish(mut self, statement: &'static str) -> Result<wal_sync::Durable, StoreError> {
         let result = sqlx::query(statement).execute(&mut *self.conn).await;
         if result.is_ok() {
             self.open = false;
         }
         // On failure `open` stays set and Drop closes the connection.
-        result.map(|_| ()).map_err(StoreError::from)
+        result.map_err(StoreError::from)?;
+        Ok(match &self.wal {
+            Some(wal) => wal.committed(),
+            None => wal_sync::Durable::already(),
+        })
     }
 }
 
@@ -310,20 +326,28 @@ impl Store {
                 .connect_with(options.clone())
                 .await?;
             // An in-memory database exists once per pool: there, readers and the writer share.
-            let writes = if in_memory {
-                pool.clone()
+            let (writes, wal) = if in_memory {
+                (pool.clone(), None)
             } else {
-                SqlitePoolOptions::new()
+                let wal = wal_sync::WalSync::for_database(options.get_filename());
+                let writes = SqlitePoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(WRITE_GATE_WAIT)
-                    .connect_with(options.pragma("cache_size", WRITER_CACHE_SIZE))
-                    .await?
+                    .connect_with(
+                        options
+                            .pragma("cache_size", WRITER_CACHE_SIZE)
+                            // The log is fsynced after the commit instead (wal_sync).
+                            .synchronous(SqliteSynchronous::Normal),
+                    )
+                    .await?;
+                (writes, Some(wal))
             };
             Ok(Store::Sqlite(
                 pool,
                 SqliteWriter {
                     pool: writes,
                     gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                    wal,
                 },
             ))
         } else {
@@ -396,9 +420,9 @@ impl Store {
     /// so two writers queue on the busy timeout instead of failing on lock upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(_, w) => {
-                TxConn::Sqlite(SqliteTx::begin(&w.pool, "BEGIN IMMEDIATE", Some(&w.gate)).await?)
-            }
+            Store::Sqlite(_, w) => TxConn::Sqlite(
+                SqliteTx::begin(&w.pool, "BEGIN IMMEDIATE", Some(&w.gate), w.wal.as_ref()).await?,
+            ),
             Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
         }
         .into())
@@ -407,7 +431,7 @@ impl Store {
     /// Begins a transaction that only reads.
     pub async fn begin_read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Store::Sqlite(p, _) => TxConn::Sqlite(SqliteTx::begin(p, "BEGIN", None).await?),
+            Store::Sqlite(p, _) => TxConn::Sqlite(SqliteTx::begin(p, "BEGIN", None, None).await?),
             Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
         }
         .into())
@@ -444,20 +468,28 @@ impl Tx {
         }
     }
 
-    /// Commits the transaction, held-back rows first.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
+    /// Commits the transaction, held-back rows first, and waits until it is durable.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.commit_then_sync().await?.wait().await
+    }
+
+    /// Commits the transaction and frees the connection; the commit is durable once the
+    /// result's `wait` returns, and must not be acknowledged before.
+    pub async fn commit_then_sync(mut self) -> Result<wal_sync::Durable, StoreError> {
         self.write_pending().await?;
         match self.conn {
-            TxConn::Sqlite(t) => t.finish("COMMIT").await?,
-            TxConn::Postgres(t) => t.commit().await?,
+            TxConn::Sqlite(t) => t.finish("COMMIT").await,
+            TxConn::Postgres(t) => {
+                t.commit().await?;
+                Ok(wal_sync::Durable::already())
+            }
         }
-        Ok(())
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.conn {
-            TxConn::Sqlite(t) => t.finish("ROLLBACK").await?,
+            TxConn::Sqlite(t) => t.finish("ROLLBACK").await.map(drop)?,
             TxConn::Postgres(t) => t.rollback().await?,
         }
         Ok(())
