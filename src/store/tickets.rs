@@ -360,6 +360,15 @@ pub async fn list_attachments(
     })?)
 }
 
+/// [`TICKET_COLUMNS`], each prefixed with the table alias `alias`.
+fn ticket_columns_of(alias: &str) -> String {
+    TICKET_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The tickets of the messages that carry the first of these Message-IDs any message
 /// carries, in the order of those messages, each ticket once; with the Message-ID matched.
 pub async fn tickets_by_message_ids(
@@ -371,14 +380,10 @@ pub async fn tickets_by_message_ids(
     // order looking for the header (9 M index entries per 10,000 messages while its
     // statistics lagged a growing table); a Message-ID is on one message or a few.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let columns: Vec<String> = TICKET_COLUMNS
-            .split(", ")
-            .map(|c| format!("t.{c}"))
-            .collect();
         format!(
             "SELECT {} FROM messages m JOIN tickets t ON t.id = m.ticket_id
              WHERE m.organization_id = $1 AND m.message_id_header = $2 ORDER BY m.id + 0 LIMIT 20",
-            columns.join(", ")
+            ticket_columns_of("t")
         )
     });
     // Held-back messages answer only to their own Message-IDs.
@@ -417,16 +422,12 @@ pub async fn tickets_by_message_id_list(
     ids: &[&str],
 ) -> Result<Vec<TicketByMessageId>, StoreError> {
     static HEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let columns: Vec<String> = TICKET_COLUMNS
-            .split(", ")
-            .map(|c| format!("t.{c}"))
-            .collect();
         format!(
             "SELECT x.header, {} FROM (
                SELECT message_id_header AS header, ticket_id, id,
                       ROW_NUMBER() OVER (PARTITION BY message_id_header ORDER BY id) AS n
                FROM messages WHERE organization_id = ",
-            columns.join(", ")
+            ticket_columns_of("t")
         )
     });
     let mut found = Vec::new();
