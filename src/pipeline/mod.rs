@@ -267,14 +267,78 @@ impl Pipeline {
     /// Prepares messages for [`Pipeline::commit_prepared`]: routing, parsing, rendering and
     /// the attachment files, concurrently on every core; nothing is committed yet.
     pub async fn prepare_all(&self, batch: Vec<Delivery>) -> Vec<PreparedDelivery> {
-        // Polled together in this task: the CPU work runs on the preparing threads anyway,
-        // and a task per message would only add wake-ups.
-        futures_util::future::join_all(
-            batch
-                .into_iter()
-                .map(|delivery| async { PreparedDelivery(self.prepare(delivery).await) }),
-        )
-        .await
+        let mut routed = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let route = self
+                .inner
+                .routes
+                .resolve(&self.inner.store, &delivery.envelope.recipient)
+                .await;
+            routed.push((route, delivery));
+        }
+        // The CPU work of the whole batch in one job per preparing thread, each taking the
+        // next message until none is left: a job per message cost two thread wake-ups each.
+        let inputs: Arc<Vec<(Arc<[u8]>, i64)>> = Arc::new(
+            routed
+                .iter()
+                .filter_map(|(route, d)| {
+                    route.as_ref().ok().map(|r| (d.raw.clone(), r.entry.org.id))
+                })
+                .collect(),
+        );
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let jobs = (0..self.inner.workers.threads().min(inputs.len())).map(|_| {
+            let (inputs, next, inner) = (inputs.clone(), next.clone(), self.inner.clone());
+            self.inner.workers.run(move || {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((raw, org_id)) = inputs.get(i) else {
+                        break done;
+                    };
+                    let result = prepare::guarded(|| {
+                        prepare::prepare(
+                            raw,
+                            *org_id,
+                            &inner.settings.public_url,
+                            &inner.settings.limits,
+                            &inner.blobs,
+                        )
+                    });
+                    done.push((i, result));
+                }
+            })
+        });
+        let mut results: Vec<Option<Result<Result<Prepared, PrepareError>, String>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        for job in futures_util::future::join_all(jobs).await {
+            match job {
+                Ok(done) => {
+                    for (i, result) in done {
+                        if let Some(slot) = results.get_mut(i) {
+                            *slot = Some(result);
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "a preparing job failed"),
+            }
+        }
+        let mut results = results.into_iter();
+        routed
+            .into_iter()
+            .map(|(route, delivery)| {
+                PreparedDelivery(match route {
+                    Err(e) => Staged::Rejected(e),
+                    Ok(route) => {
+                        let result = results
+                            .next()
+                            .flatten()
+                            .unwrap_or_else(|| Err("the preparing thread went away".into()));
+                        staged(route, delivery, result)
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Commits prepared messages in one transaction, after every batch that asked earlier
@@ -346,59 +410,6 @@ impl Pipeline {
                 tracing::warn!(error = %e, "attachment files not synced; the commit retries")
             }
             Err(e) => tracing::warn!(error = %e, "attachment sync task failed; the commit retries"),
-        }
-    }
-
-    async fn prepare(&self, delivery: Delivery) -> Staged {
-        let route = match self
-            .inner
-            .routes
-            .resolve(&self.inner.store, &delivery.envelope.recipient)
-            .await
-        {
-            Ok(route) => route,
-            Err(e) => return Staged::Rejected(e),
-        };
-        let inner = self.inner.clone();
-        let org_id = route.entry.org.id;
-        let raw = delivery.raw;
-        let raw_for_task = raw.clone();
-        let result = self
-            .inner
-            .workers
-            .run(move || {
-                prepare::prepare(
-                    &raw_for_task,
-                    org_id,
-                    &inner.settings.public_url,
-                    &inner.settings.limits,
-                    &inner.blobs,
-                )
-            })
-            .await;
-        match result {
-            Ok(Ok(p)) => Staged::Ready(Box::new(Ready {
-                route,
-                prepared: p,
-                envelope: delivery.envelope,
-                raw,
-                blobs_synced: false,
-            })),
-            Ok(Err(PrepareError::Blob(e))) => {
-                Staged::Rejected(IngestError::Temporary(StoreError::Io(e)))
-            }
-            Ok(Err(PrepareError::Parse(reason))) => Staged::Quarantine {
-                org_id: Some(org_id),
-                envelope: delivery.envelope,
-                raw,
-                reason,
-            },
-            Err(failure) => Staged::Quarantine {
-                org_id: Some(org_id),
-                envelope: delivery.envelope,
-                raw,
-                reason: format!("processing failed: {failure}"),
-            },
         }
     }
 
@@ -724,6 +735,40 @@ impl Pipeline {
             tx.commit().await.map_err(IngestError::from_store)?;
         }
         outcome
+    }
+}
+
+/// What preparing one routed message came to.
+fn staged(
+    route: Route,
+    delivery: Delivery,
+    result: Result<Result<Prepared, PrepareError>, String>,
+) -> Staged {
+    let org_id = route.entry.org.id;
+    let raw = delivery.raw;
+    match result {
+        Ok(Ok(p)) => Staged::Ready(Box::new(Ready {
+            route,
+            prepared: p,
+            envelope: delivery.envelope,
+            raw,
+            blobs_synced: false,
+        })),
+        Ok(Err(PrepareError::Blob(e))) => {
+            Staged::Rejected(IngestError::Temporary(StoreError::Io(e)))
+        }
+        Ok(Err(PrepareError::Parse(reason))) => Staged::Quarantine {
+            org_id: Some(org_id),
+            envelope: delivery.envelope,
+            raw,
+            reason,
+        },
+        Err(failure) => Staged::Quarantine {
+            org_id: Some(org_id),
+            envelope: delivery.envelope,
+            raw,
+            reason: format!("processing failed: {failure}"),
+        },
     }
 }
 

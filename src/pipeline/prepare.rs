@@ -72,16 +72,21 @@ impl Workers {
         Self { pool }
     }
 
+    /// How many preparing threads there are (at least one).
+    pub fn threads(&self) -> usize {
+        self.pool
+            .as_ref()
+            .map_or(1, rayon_core::ThreadPool::current_num_threads)
+            .max(1)
+    }
+
     /// Runs `job` on a preparing thread; a panic comes back as an error, never unwinds here.
     pub async fn run<T, F>(&self, job: F) -> Result<T, String>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let guarded = move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
-                .map_err(|p| panic_message(p.as_ref()))
-        };
+        let guarded = move || guarded(job);
         match &self.pool {
             Some(pool) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -103,6 +108,12 @@ impl Default for Workers {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Runs `job` here; a panic comes back as an error, never unwinds.
+pub fn guarded<T>(job: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+        .map_err(|p| panic_message(p.as_ref()))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
