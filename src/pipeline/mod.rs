@@ -258,9 +258,7 @@ impl Pipeline {
     /// Ingests several messages in one transaction; one result per message, in order.
     /// A transient failure fails the whole batch (nothing is committed, everything is retried).
     pub async fn ingest_batch(&self, batch: Vec<Delivery>) -> Vec<Result<Outcome, IngestError>> {
-        let mut prepared = self.prepare_all(batch).await;
-        // Before waiting for the commit turn: another batch's commit runs meanwhile.
-        self.make_files_durable(&mut prepared).await;
+        let prepared = self.prepare_all(batch).await;
         self.commit_prepared(prepared).await
     }
 
@@ -359,6 +357,11 @@ impl Pipeline {
         prepared: Vec<PreparedDelivery>,
     ) -> (Vec<Result<Outcome, IngestError>>, Durable) {
         let n = prepared.len();
+        // Attachment bytes are durable before the rows that name them; synced before the
+        // commit turn, so another batch commits meanwhile (listeners did it already).
+        if let Err(e) = self.sync_files(unsynced_files(&prepared)).await {
+            return (failed_batch(n, &e), Durable::already());
+        }
         let staged = prepared.into_iter().map(|p| p.0).collect();
         let committed = {
             let _turn = self.inner.commit_lock.lock().await;
@@ -386,30 +389,29 @@ impl Pipeline {
     /// their commit need not: a listener's session does this before it queues its message
     /// for the serial commit. On failure the commit tries again (and answers for it).
     pub async fn make_files_durable(&self, prepared: &mut [PreparedDelivery]) {
-        let names: Vec<String> = prepared
-            .iter()
-            .filter_map(|p| match &p.0 {
-                Staged::Ready(r) if !r.blobs_synced => Some(r.blob_names()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        if names.is_empty() {
-            return;
-        }
-        let blobs = self.inner.blobs.clone();
-        match tokio::task::spawn_blocking(move || blobs.sync(&names)).await {
-            Ok(Ok(())) => {
+        match self.sync_files(unsynced_files(prepared)).await {
+            Ok(()) => {
                 for p in prepared.iter_mut() {
                     if let Staged::Ready(r) = &mut p.0 {
                         r.blobs_synced = true;
                     }
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "attachment files not synced; the commit retries")
-            }
-            Err(e) => tracing::warn!(error = %e, "attachment sync task failed; the commit retries"),
+            Err(e) => tracing::warn!(error = %e, "attachment files not synced; the commit retries"),
+        }
+    }
+
+    /// Makes these blob-store files durable.
+    async fn sync_files(&self, names: Vec<String>) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let blobs = self.inner.blobs.clone();
+        match tokio::task::spawn_blocking(move || blobs.sync(&names)).await {
+            Ok(synced) => synced.map_err(StoreError::Io),
+            Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                "blob sync task failed: {e}"
+            )))),
         }
     }
 
@@ -428,14 +430,6 @@ impl Pipeline {
                 .collect();
             return Ok((results, Durable::already()));
         }
-        let blobs: Vec<String> = staged
-            .iter()
-            .filter_map(|s| match s {
-                Staged::Ready(r) if !r.blobs_synced => Some(r.blob_names()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
         // No savepoint per message (on PostgreSQL each is a subtransaction, on SQLite two more
         // round trips): a message that fails half-written aborts the transaction, and the batch
         // runs again with that message quarantined. Failures are rare; the re-run is cheap.
@@ -584,25 +578,6 @@ impl Pipeline {
                 tx.discard().await;
                 return Err(e);
             }
-            // Attachment bytes are durable before the rows that name them.
-            let store = self.inner.blobs.clone();
-            let blobs = blobs.clone();
-            let synced = if blobs.is_empty() {
-                Ok(Ok(()))
-            } else {
-                tokio::task::spawn_blocking(move || store.sync(&blobs)).await
-            };
-            let sync_error = match synced {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(StoreError::Io(e)),
-                Err(e) => Some(StoreError::Io(std::io::Error::other(format!(
-                    "blob sync task failed: {e}"
-                )))),
-            };
-            if let Some(e) = sync_error {
-                tx.discard().await;
-                return Err(e);
-            }
             let durable = tx.commit_then_sync().await?;
             let results = staged
                 .into_iter()
@@ -736,6 +711,18 @@ impl Pipeline {
         }
         outcome
     }
+}
+
+/// The blob-store files of prepared messages not known to be durable yet.
+fn unsynced_files(prepared: &[PreparedDelivery]) -> Vec<String> {
+    prepared
+        .iter()
+        .filter_map(|p| match &p.0 {
+            Staged::Ready(r) if !r.blobs_synced => Some(r.blob_names()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// What preparing one routed message came to.

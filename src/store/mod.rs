@@ -260,19 +260,14 @@ impl SqliteTx {
         })
     }
 
-    /// Ends the transaction; the connection and the write gate are free when this returns,
-    /// the commit durable once the result's [`wal_sync::Durable::wait`] returns.
-    async fn finish(mut self, statement: &'static str) -> Result<wal_sync::Durable, StoreError> {
+    /// Ends the transaction; the connection and the write gate are free when this returns.
+    async fn finish(mut self, statement: &'static str) -> Result<(), StoreError> {
         let result = sqlx::query(statement).execute(&mut *self.conn).await;
         if result.is_ok() {
             self.open = false;
         }
         // On failure `open` stays set and Drop closes the connection.
-        result.map_err(StoreError::from)?;
-        Ok(match &self.wal {
-            Some(wal) => wal.committed(),
-            None => wal_sync::Durable::already(),
-        })
+        result.map(|_| ()).map_err(StoreError::from)
     }
 }
 
@@ -478,7 +473,11 @@ impl Tx {
     pub async fn commit_then_sync(mut self) -> Result<wal_sync::Durable, StoreError> {
         self.write_pending().await?;
         match self.conn {
-            TxConn::Sqlite(t) => t.finish("COMMIT").await,
+            TxConn::Sqlite(t) => {
+                let wal = t.wal.clone();
+                t.finish("COMMIT").await?;
+                Ok(wal.map_or_else(wal_sync::Durable::already, |w| w.committed()))
+            }
             TxConn::Postgres(t) => {
                 t.commit().await?;
                 Ok(wal_sync::Durable::already())
@@ -489,7 +488,7 @@ impl Tx {
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.conn {
-            TxConn::Sqlite(t) => t.finish("ROLLBACK").await.map(drop)?,
+            TxConn::Sqlite(t) => t.finish("ROLLBACK").await?,
             TxConn::Postgres(t) => t.rollback().await?,
         }
         Ok(())

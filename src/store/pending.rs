@@ -216,22 +216,15 @@ impl Tx {
 
     /// The id the next held-back row of `table` gets.
     async fn next_id(&mut self, table: Table) -> Result<i64, StoreError> {
-        let needs_read = match &self.pending {
-            Some(p) => match &p.ids[table.index()] {
-                Ids::Unread => true,
-                Ids::From(_) => false,
-                Ids::Block(ids) => ids.is_empty(),
-            },
-            None => return Err(StoreError::Conflict("no rows are held back".into())),
+        let needs_read = match &self.pending_mut()?.ids[table.index()] {
+            Ids::Unread => true,
+            Ids::From(_) => false,
+            Ids::Block(ids) => ids.is_empty(),
         };
         if needs_read {
             self.read_ids(table).await?;
         }
-        let p = self
-            .pending
-            .as_mut()
-            .ok_or_else(|| StoreError::Conflict("no rows are held back".into()))?;
-        match &mut p.ids[table.index()] {
+        match &mut self.pending_mut()?.ids[table.index()] {
             Ids::From(next) => {
                 let id = *next;
                 *next += 1;
