@@ -1082,8 +1082,8 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
 struct NoSyncBlobStore(FsBlobStore);
 
 impl BlobStore for NoSyncBlobStore {
-    fn put(&self, bytes: &[u8]) -> io::Result<String> {
-        self.0.put(bytes)
+    fn put_as(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.0.put_as(name, bytes)
     }
 
     fn sync(&self, _sha256s: &[String]) -> io::Result<()> {

@@ -227,6 +227,7 @@ async fn new_ticket(
     let creation = cc::creation_list(&ctx.route.entry, mail, &customer.email);
     let snapshot = cc::message_snapshot(&ctx.route.entry, mail, &customer.email);
     let subject = ticket_subject(&mail.subject);
+    let language = p.language();
     let public_id = known.take_public_id(tx, org.id).await?;
     let ticket_id = tickets::insert_numbered_ticket(
         tx,
@@ -242,7 +243,7 @@ async fn new_ticket(
             description: &p.text,
             description_html: &p.html,
             external_recipient_emails: &creation,
-            language: &p.language,
+            language: &language,
             has_attachments: !p.attachments.is_empty(),
             created_by_role: "customer",
             created_by_user_id: None,
@@ -258,6 +259,7 @@ async fn new_ticket(
         snapshot: &snapshot,
         spam_reason: spam_reason.as_deref().unwrap_or(""),
         customer_id: Some(customer.id),
+        language: &language,
     };
     let message_id = insert_message(tx, ctx, known, f, &written).await?;
     // The first message travels inside ticket.created.
@@ -351,6 +353,7 @@ async fn append(
         snapshot: &snapshot,
         spam_reason: spam_reason.as_deref().unwrap_or(""),
         customer_id: customer.as_ref().map(|c| c.id),
+        language: ctx.prepared.detected_language(),
     };
     let message_id = insert_message(tx, ctx, known, f, &written).await?;
 
@@ -410,6 +413,8 @@ struct Written<'a> {
     snapshot: &'a [String],
     spam_reason: &'a str,
     customer_id: Option<i64>,
+    /// The message's language: the ticket's for its first message, else as detected.
+    language: &'a str,
 }
 
 async fn insert_message(
@@ -467,7 +472,7 @@ async fn insert_message(
             is_auto_reply: f.auto_reply.is_some(),
             spam_reason: w.spam_reason,
             processing_notes: &notes.join("\n"),
-            language: &p.language,
+            language: w.language,
             raw_sha256: Some(&p.raw_sha256),
             dedupe_key: Some(&mail.dedupe_key),
             delivery_state: None,

@@ -1,7 +1,10 @@
-//! Content-addressed storage for attachment bytes.
+//! Content-addressed storage for attachment bytes and large raw mail.
 //!
 //! Blobs are named by the SHA-256 of their content, so the same attachment arriving twice
-//! is stored once. Writes are made durable in groups: [`BlobStore::put`] writes, and
+//! is stored once. Raw mail is kept compressed under the SHA-256 of the *uncompressed* mail
+//! (already computed for the `raw_messages` row), in its own namespace `raw/<sha256>`: the
+//! same bytes can arrive both as a raw mail and as an attachment (a forwarded `.eml`), and
+//! the two files hold different content. Writes are made durable in groups: [`BlobStore::put`] writes, and
 //! [`BlobStore::sync`] flushes a whole batch's blobs in parallel right before the database
 //! commit that references them (one fsync per file costs milliseconds; in parallel the
 //! file system journals them together). The trait is the seam where an object store can
@@ -17,7 +20,14 @@ use sha2::{Digest, Sha256};
 /// Where attachment bytes live.
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Stores `bytes` and returns their hex SHA-256; durable only after [`BlobStore::sync`].
-    fn put(&self, bytes: &[u8]) -> io::Result<String>;
+    fn put(&self, bytes: &[u8]) -> io::Result<String> {
+        let hash = sha256_hex(bytes);
+        self.put_as(&hash, bytes)?;
+        Ok(hash)
+    }
+    /// Stores `bytes` under `name` (a hex SHA-256, or [`raw_name`] of one), which the caller
+    /// vouches for; durable only after [`BlobStore::sync`].
+    fn put_as(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// Makes the named blobs durable.
     fn sync(&self, sha256s: &[String]) -> io::Result<()>;
     /// Reads a blob back.
@@ -29,7 +39,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Blobs in a directory tree: `<root>/attachments/ab/abcdef...`.
+/// The blob name of a raw mail whose uncompressed bytes hash to `sha256`.
+pub fn raw_name(sha256: &str) -> String {
+    format!("{RAW_PREFIX}{sha256}")
+}
+
+const RAW_PREFIX: &str = "raw/";
+
+/// Blobs in a directory tree: `<root>/attachments/ab/abcdef...`, raw mail under `<root>/raw/`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
@@ -44,41 +61,40 @@ impl FsBlobStore {
         Self { root: root.into() }
     }
 
-    fn path(&self, sha256: &str) -> io::Result<PathBuf> {
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        let (dir, sha256) = match name.strip_prefix(RAW_PREFIX) {
+            Some(sha256) => ("raw", sha256),
+            None => ("attachments", name),
+        };
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a sha256 name",
             ));
         }
-        Ok(self
-            .root
-            .join("attachments")
-            .join(&sha256[..2])
-            .join(sha256))
+        Ok(self.root.join(dir).join(&sha256[..2]).join(sha256))
     }
 }
 
 impl BlobStore for FsBlobStore {
-    fn put(&self, bytes: &[u8]) -> io::Result<String> {
-        let hash = sha256_hex(bytes);
-        let path = self.path(&hash)?;
+    fn put_as(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(name)?;
         // A crash between write and sync can leave a short file; only a whole one counts.
         if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-            return Ok(hash);
+            return Ok(());
         }
         let dir = path
             .parent()
             .ok_or_else(|| io::Error::other("blob path has no parent"))?;
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{hash}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
         let result = File::create(&tmp)
             .and_then(|mut f| f.write_all(bytes))
             .and_then(|()| fs::rename(&tmp, &path));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map(|()| hash)
+        result
     }
 
     fn sync(&self, sha256s: &[String]) -> io::Result<()> {
@@ -139,6 +155,21 @@ mod tests {
         fs::write(store.path(&h).expect("path"), b"compl").expect("truncate");
         store.put(b"complete content").expect("put again");
         assert_eq!(store.get(&h).expect("get"), b"complete content");
+    }
+
+    #[test]
+    fn raw_mail_has_its_own_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::new(dir.path());
+        let attachment = store.put(b"the same bytes").expect("put");
+        let raw = raw_name(&attachment);
+        store.put_as(&raw, b"compressed form").expect("put raw");
+        store
+            .sync(&[attachment.clone(), raw.clone()])
+            .expect("sync");
+        assert_eq!(store.get(&attachment).expect("get"), b"the same bytes");
+        assert_eq!(store.get(&raw).expect("get raw"), b"compressed form");
+        assert!(store.get("raw/../attachments").is_err());
     }
 
     #[test]

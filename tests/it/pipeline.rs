@@ -323,6 +323,11 @@ async fn large_raw_mail_goes_to_the_blob_store(db: Db) {
     assert_eq!(data_len, 0, "the row holds no bytes");
     let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
     let blob = blob.expect("the row names its blob");
+    assert_eq!(
+        blob,
+        initdesk_gateway::store::blobs::raw_name(&sha),
+        "named by the raw mail's hash, apart from attachments"
+    );
     assert!(blobs.get(&blob).is_ok(), "the blob exists");
     let back = initdesk_gateway::store::raw::get(&mut tx, &blobs, 1, &sha)
         .await
