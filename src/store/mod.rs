@@ -331,6 +331,10 @@ impl Store {
                     .connect_with(
                         options
                             .pragma("cache_size", WRITER_CACHE_SIZE)
+                            // Statement journals in memory: a multi-row INSERT inside the batch
+                            // transaction keeps one, and above 64 KiB SQLite spills it to a
+                            // temporary file it creates, writes and unlinks every time.
+                            .pragma("temp_store", "memory")
                             // The log is fsynced after the commit instead (wal_sync).
                             .synchronous(SqliteSynchronous::Normal),
                     )
