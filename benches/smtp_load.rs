@@ -118,6 +118,7 @@ fn main() {
             let corpus = corpus(n);
             let batches_before = gw.histogram("initdesk_commit_batch_messages");
             let commits_before = gw.histogram("initdesk_commit_seconds");
+            let writes_before = gw.histogram("initdesk_commit_write_seconds");
             let cpu_before = gw.cpu_seconds();
             let client_before = own_cpu_seconds();
             let r = blast(gw.smtp, &corpus, o.connections, rate);
@@ -125,9 +126,11 @@ fn main() {
             let client_cpu = own_cpu_seconds() - client_before;
             let batches = gw.histogram("initdesk_commit_batch_messages");
             let commits = gw.histogram("initdesk_commit_seconds");
+            let writes = gw.histogram("initdesk_commit_write_seconds");
             let count = (batches.1 - batches_before.1).max(1.0);
             commit_notes.push(format!(
-                "{backend}, {}: {:.0} commits, {:.1} messages per commit, {:.2} ms per commit",
+                "{backend}, {}: {:.0} commits, {:.1} messages per commit, {:.2} ms per commit \
+                 ({:.2} ms of it writing, the serial part)",
                 if rate > 0 {
                     format!("{rate}/s offered")
                 } else {
@@ -135,7 +138,8 @@ fn main() {
                 },
                 count,
                 (batches.0 - batches_before.0) / count,
-                (commits.0 - commits_before.0) * 1000.0 / (commits.1 - commits_before.1).max(1.0)
+                (commits.0 - commits_before.0) * 1000.0 / (commits.1 - commits_before.1).max(1.0),
+                (writes.0 - writes_before.0) * 1000.0 / (writes.1 - writes_before.1).max(1.0)
             ));
             let rss = gw.peak_rss_mb();
             println!(

@@ -95,6 +95,7 @@ async fn commit(pipeline: &Pipeline, jobs: Vec<Job>, count: usize) {
     metrics::histogram!("initdesk_commit_batch_messages").record(count as f64);
     let started = std::time::Instant::now();
     let (results, durable) = pipeline.commit_prepared_then_sync(all).await;
+    metrics::histogram!("initdesk_commit_write_seconds").record(started.elapsed().as_secs_f64());
     // The next batch commits while this one's log reaches the disk; its sessions hear back
     // only after that.
     tokio::spawn(async move {

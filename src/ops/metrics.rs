@@ -30,6 +30,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "Time to commit one batch of messages"
     );
     metrics::describe_histogram!(
+        "initdesk_commit_write_seconds",
+        "Time one batch holds the database's write side (the serial part of a commit)"
+    );
+    metrics::describe_histogram!(
         "initdesk_commit_batch_messages",
         "Messages committed together in one batch"
     );

@@ -322,7 +322,7 @@ impl Pipeline {
             }
         }
         let mut results = results.into_iter();
-        routed
+        let prepared: Vec<PreparedDelivery> = routed
             .into_iter()
             .map(|(route, delivery)| {
                 PreparedDelivery(match route {
@@ -336,7 +336,27 @@ impl Pipeline {
                     }
                 })
             })
-            .collect()
+            .collect();
+        self.look_up_sender_domains(&prepared).await;
+        prepared
+    }
+
+    /// Loads the organizations (or their absence) of the senders' domains into the route
+    /// cache, for the loop check. Done here, outside the write lock: a domain not seen for a
+    /// while costs a read transaction, which inside the serial commit every other message
+    /// of the batch and of the batches behind it would wait for.
+    async fn look_up_sender_domains(&self, prepared: &[PreparedDelivery]) {
+        for p in prepared {
+            let Staged::Ready(r) = &p.0 else { continue };
+            let Some(from) = record::sender_of(&r.prepared.mail, &r.envelope) else {
+                continue;
+            };
+            let (routes, store) = (&self.inner.routes, &self.inner.store);
+            if let Err(e) = policy::loops::is_own_address(routes, store, &from.email).await {
+                // The commit asks again and answers for it.
+                tracing::debug!(error = %e, "sender domain not looked up ahead");
+            }
+        }
     }
 
     /// Commits prepared messages in one transaction, after every batch that asked earlier

@@ -183,7 +183,7 @@ struct Facts<'a> {
 }
 
 /// From, else Sender, else the envelope sender: the first usable address.
-fn sender_of(mail: &ParsedMail, envelope: &Envelope) -> Option<Mailbox> {
+pub(super) fn sender_of(mail: &ParsedMail, envelope: &Envelope) -> Option<Mailbox> {
     mail.from
         .clone()
         .filter(|m| normalize(&m.email).is_some())

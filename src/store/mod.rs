@@ -4,6 +4,7 @@
 //! type mismatch on either backend is a compile error, not a runtime surprise.
 
 pub mod blobs;
+pub mod checkpoint;
 pub mod imap;
 pub mod nodelay;
 pub mod orgs;
@@ -315,8 +316,12 @@ impl Store {
                 .get_filename()
                 .to_string_lossy()
                 .contains(":memory:");
+            // No ping before handing out a connection (sqlx's default): an SQLite connection
+            // is a file handle that cannot drop like a socket, and the ping is a round trip
+            // to its thread on every transaction, the serial batch commit's included.
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options.clone())
                 .await?;
@@ -327,6 +332,7 @@ impl Store {
                 let wal = wal_sync::WalSync::for_database(options.get_filename());
                 let writes = SqlitePoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(WRITE_GATE_WAIT)
                     .connect_with(
                         options
@@ -335,10 +341,14 @@ impl Store {
                             // transaction keeps one, and above 64 KiB SQLite spills it to a
                             // temporary file it creates, writes and unlinks every time.
                             .pragma("temp_store", "memory")
+                            // Checkpoints run in the background (checkpoint.rs); this only
+                            // bounds the log if they cannot keep up.
+                            .pragma("wal_autocheckpoint", checkpoint::FALLBACK_PAGES)
                             // The log is fsynced after the commit instead (wal_sync).
                             .synchronous(SqliteSynchronous::Normal),
                     )
                     .await?;
+                checkpoint::spawn(pool.clone(), wal.clone());
                 (writes, Some(wal))
             };
             Ok(Store::Sqlite(

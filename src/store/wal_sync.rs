@@ -50,6 +50,11 @@ impl WalSync {
         }
     }
 
+    /// How many commits were made so far.
+    pub fn commits(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
     /// An error when an fsync failed before: writes must not go on.
     pub fn check(&self) -> Result<(), StoreError> {
         if self.failed.load(Ordering::SeqCst) {
