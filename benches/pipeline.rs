@@ -488,7 +488,7 @@ fn print_results(opts: &Options, corpus: &CorpusStats, results: &[RunResult]) {
             let stored: Vec<(String, i64)> = r.db.iter().map(|(k, v)| (k.clone(), *v)).collect();
             println!("stored: {}", list(&stored));
             println!("threaded_by: {}", list(&r.threaded_by));
-            println!("detected languages: {}", list(&r.languages));
+            println!("ticket languages: {}", list(&r.languages));
         }
         if r.roundtrip_us > 0.0 {
             println!(
@@ -1030,29 +1030,29 @@ async fn verify_store(store: &Store, r: &mut RunResult) -> Result<(), sqlx::Erro
         };
         r.db.insert(name.into(), n);
     }
-    let grouped = |col: &str| {
-        format!("SELECT {col}, COUNT(*) FROM messages GROUP BY {col} ORDER BY COUNT(*) DESC, {col}")
+    let grouped = |col: &str, table: &str| {
+        format!("SELECT {col}, COUNT(*) FROM {table} GROUP BY {col} ORDER BY COUNT(*) DESC, {col}")
     };
     r.threaded_by = match store {
         Store::Sqlite(p, _) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(grouped("threaded_by")))
+            sqlx::query_as(sqlx::AssertSqlSafe(grouped("threaded_by", "messages")))
                 .fetch_all(p)
                 .await?
         }
         Store::Postgres(p) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(grouped("threaded_by")))
+            sqlx::query_as(sqlx::AssertSqlSafe(grouped("threaded_by", "messages")))
                 .fetch_all(p)
                 .await?
         }
     };
     r.languages = match store {
         Store::Sqlite(p, _) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(grouped("language")))
+            sqlx::query_as(sqlx::AssertSqlSafe(grouped("language", "tickets")))
                 .fetch_all(p)
                 .await?
         }
         Store::Postgres(p) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(grouped("language")))
+            sqlx::query_as(sqlx::AssertSqlSafe(grouped("language", "tickets")))
                 .fetch_all(p)
                 .await?
         }
