@@ -246,7 +246,12 @@ impl Gateway {
     /// The SQLite database and its WAL and shared-memory files, those that exist.
     fn sqlite_files(&self) -> Vec<PathBuf> {
         let db = self.dir.path().join("data/gateway.db");
-        ["", "-wal", "-shm"]
+        // Not the `-shm` index: SQLite maps it into memory and never syncs it, and a write to
+        // a mapped page of an immutable file raises SIGBUS in the kernel's page fault (the
+        // writer updates the index header whenever the log restarts after a checkpoint). A
+        // disk that fails, fills or refuses writes stops the database and the log; those two
+        // immutable make every commit fail as a real outage does.
+        ["", "-wal"]
             .iter()
             .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
             .filter(|p| p.exists())
@@ -865,7 +870,7 @@ trait Outage {
     fn readable(&self) -> bool;
 }
 
-/// SQLite: the database, WAL and shared-memory files made immutable (`chattr +i`), which
+/// SQLite: the database and WAL files made immutable (`chattr +i`), which
 /// stops even root from writing them, including through descriptors already open.
 struct ImmutableFiles {
     files: Vec<PathBuf>,
