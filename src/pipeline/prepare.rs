@@ -231,7 +231,8 @@ pub fn prepare(
     } else {
         mail.text.clone()
     };
-    let likely_reply = !mail.in_reply_to.is_empty() || !mail.references.is_empty();
+    // The ids threading rule 2 looks up: a message that has any most likely joins a ticket.
+    let likely_reply = super::thread::referenced_ids(&mail).next().is_some();
     let language = if likely_reply {
         Language::Deferred {
             max_bytes,
