@@ -1086,12 +1086,12 @@ impl BlobStore for NoSyncBlobStore {
         self.0.put_as(name, bytes)
     }
 
-    fn sync(&self, _sha256s: &[String]) -> io::Result<()> {
+    fn sync(&self, _names: &[String]) -> io::Result<()> {
         Ok(())
     }
 
-    fn get(&self, sha256: &str) -> io::Result<Vec<u8>> {
-        self.0.get(sha256)
+    fn get(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.0.get(name)
     }
 }
 

@@ -4,10 +4,12 @@
 //! is stored once. Raw mail is kept compressed under the SHA-256 of the *uncompressed* mail
 //! (already computed for the `raw_messages` row), in its own namespace `raw/<sha256>`: the
 //! same bytes can arrive both as a raw mail and as an attachment (a forwarded `.eml`), and
-//! the two files hold different content. Writes are made durable in groups: [`BlobStore::put`] writes, and
-//! [`BlobStore::sync`] flushes a whole batch's blobs in parallel right before the database
-//! commit that references them (one fsync per file costs milliseconds; in parallel the
-//! file system journals them together). The trait is the seam where an object store can
+//! the two files hold different content.
+//!
+//! Writes are made durable in groups: [`BlobStore::put`] writes, and [`BlobStore::sync`]
+//! flushes a whole batch's blobs in parallel right before the database commit that
+//! references them (one fsync per file costs milliseconds; in parallel the file system
+//! journals them together). The trait is the seam where an object store can
 //! replace the directory (a directory on a shared mount serves several instances).
 
 use std::collections::BTreeSet;
@@ -29,9 +31,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// vouches for; durable only after [`BlobStore::sync`].
     fn put_as(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// Makes the named blobs durable.
-    fn sync(&self, sha256s: &[String]) -> io::Result<()>;
+    fn sync(&self, names: &[String]) -> io::Result<()>;
     /// Reads a blob back.
-    fn get(&self, sha256: &str) -> io::Result<Vec<u8>>;
+    fn get(&self, name: &str) -> io::Result<Vec<u8>>;
 }
 
 /// The hex SHA-256 of `bytes`.
@@ -97,10 +99,10 @@ impl BlobStore for FsBlobStore {
         result
     }
 
-    fn sync(&self, sha256s: &[String]) -> io::Result<()> {
-        let files: BTreeSet<PathBuf> = sha256s
+    fn sync(&self, names: &[String]) -> io::Result<()> {
+        let files: BTreeSet<PathBuf> = names
             .iter()
-            .map(|h| self.path(h))
+            .map(|n| self.path(n))
             .collect::<io::Result<_>>()?;
         if files.is_empty() {
             return Ok(());
@@ -125,9 +127,9 @@ impl BlobStore for FsBlobStore {
         })
     }
 
-    fn get(&self, sha256: &str) -> io::Result<Vec<u8>> {
+    fn get(&self, name: &str) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        File::open(self.path(sha256)?)?.read_to_end(&mut out)?;
+        File::open(self.path(name)?)?.read_to_end(&mut out)?;
         Ok(out)
     }
 }
