@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::store::outbox::{self, Item, Job};
 use crate::store::{Store, StoreError, Tx, orgs};
@@ -144,11 +142,8 @@ impl Webhooks {
 
 /// `t` and the body, signed with `secret`: hex HMAC-SHA256 of `"<t>.<body>"`.
 pub fn sign(secret: &str, t: i64, body: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(format!("{t}.{body}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(ring::hmac::sign(&key, format!("{t}.{body}").as_bytes()).as_ref())
 }
 
 type Rendered = Option<(orgs::Org, Value, bool)>;

@@ -15,7 +15,6 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
-use sha2::{Digest, Sha256};
 
 pub use attachments::{ParsedAttachment, sanitize_filename};
 pub use body::html_to_text;
@@ -367,7 +366,7 @@ fn join_bodies(parts: &[Cow<'_, str>]) -> String {
 /// identifying headers and the body, not the trace headers each hop adds. A stranger who
 /// reuses a Message-ID with other content gets another key and cannot suppress the real mail.
 fn dedupe_key(mail: &ParsedMail, raw: &[u8]) -> String {
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     for field in [
         mail.message_id.as_deref().unwrap_or(""),
         mail.from.as_ref().map_or("", |m| m.email.as_str()),
@@ -378,7 +377,7 @@ fn dedupe_key(mail: &ParsedMail, raw: &[u8]) -> String {
         &mail.subject,
     ] {
         h.update(field.as_bytes());
-        h.update([0]);
+        h.update(&[0]);
     }
     let body_start = find(raw, b"\r\n\r\n")
         .map(|i| i + 4)
@@ -395,7 +394,7 @@ fn dedupe_key(mail: &ParsedMail, raw: &[u8]) -> String {
         h.update(&line[..end]);
         h.update(b"\n");
     }
-    hex::encode(h.finalize())
+    hex::encode(h.finish())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -444,6 +443,17 @@ mod tests {
         let ka = parse(a, &limits()).dedupe_key;
         assert_eq!(ka, parse(b, &limits()).dedupe_key);
         assert_ne!(ka, parse(c, &limits()).dedupe_key);
+    }
+
+    #[test]
+    fn dedupe_key_is_stable_across_releases() {
+        // Stored keys must still match after an upgrade (an MTA retry may straddle one).
+        // Computed independently with Python's hashlib over the documented fields.
+        let raw = b"Received: from x\r\nMessage-ID: <k1@example.com>\r\nFrom: Ann <ann@example.com>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\nSubject: Key\r\n\r\nHello  \r\nthere\r\n";
+        assert_eq!(
+            parse(raw, &limits()).dedupe_key,
+            "172217f33d55eeb11067dab3918e1f76c0fbc1fbec1871d7d2f3577885a88d4e"
+        );
     }
 
     #[test]
