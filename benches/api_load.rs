@@ -1834,14 +1834,20 @@ async fn outbox_phase(
         "SELECT COUNT(*) FROM outbox WHERE organization_id = {} AND id > {baseline} AND state IN ('sent', 'failed')",
         w.acme
     );
+    // The count reads every row of the phase, on the database the sender is measured
+    // against (polled each 50 ms, it was a tenth of PostgreSQL's CPU): looked at less often
+    // while much is left, every 20 ms near the end.
     loop {
-        if raw.i64(&done_sql).await? >= n as i64 {
+        let done = raw.i64(&done_sql).await?;
+        if done >= n as i64 || start.elapsed() > limit {
             break;
         }
-        if start.elapsed() > limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rate = (done as f64 / start.elapsed().as_secs_f64()).max(100.0);
+        let left_ms = (n as f64 - done as f64) * 1000.0 / rate;
+        tokio::time::sleep(Duration::from_millis(
+            (left_ms / 4.0).clamp(20.0, 500.0) as u64
+        ))
+        .await;
     }
     let seconds = start.elapsed().as_secs_f64();
     if let (Some(t), Some(before)) = (&tally, sql0) {

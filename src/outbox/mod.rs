@@ -9,7 +9,6 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use lettre::transport::smtp::extension::ClientId;
 use rand::Rng as _;
 use tokio::sync::Notify;
@@ -66,6 +65,10 @@ pub struct Sender {
 
 /// How long a claim lasts; a sender that dies mid-send leaves its rows to others after it.
 const CLAIM_MS: i64 = 5 * 60 * 1000;
+/// The queue of claimed rows is topped up when it holds fewer than this many per connection…
+const CLAIM_LOW: usize = 2;
+/// …to this many per connection.
+const CLAIM_HIGH: usize = 4;
 /// How often the outbox is looked at when nothing wakes the sender (retries fall due,
 /// another instance queued something).
 const POLL: Duration = Duration::from_millis(500);
@@ -108,55 +111,108 @@ impl Sender {
         self.wake.clone()
     }
 
-    /// Sends until `stop`; the batch in hand is finished first.
+    /// Sends until `stop`; the rows in hand are finished first.
+    ///
+    /// Claims top up a small queue while sends run, so the relay connections never wait for
+    /// a claim or for the slowest send of a batch; the queue stays short, so a claimed row
+    /// starts long before its lease ends even when every send runs into the relay's timeout.
     pub async fn run(self, stop: CancellationToken) {
+        let concurrency = self.settings.concurrency.max(1);
+        let mut queue: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        let mut running = tokio::task::JoinSet::new();
         let mut failures = 0u32;
-        while !stop.is_cancelled() {
-            let jobs = match self.claim().await {
-                Ok(jobs) => {
-                    failures = 0;
-                    jobs
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        tracing::warn!(error = %e, "outbox: cannot claim messages; retrying");
+        // The last claim found fewer rows than it asked for: no more until a wake-up, the
+        // poll interval, or the sends in hand are done.
+        let mut drained = false;
+        let (sent, sent_rx) = tokio::sync::mpsc::unbounded_channel();
+        let settler = tokio::spawn(self.clone().record_sent_in_batches(sent_rx));
+        loop {
+            if !stop.is_cancelled() && !drained && queue.len() < concurrency * CLAIM_LOW {
+                let want = concurrency * CLAIM_HIGH - queue.len();
+                match self.claim(want).await {
+                    Ok(jobs) => {
+                        failures = 0;
+                        drained = jobs.len() < want;
+                        queue.extend(jobs);
                     }
-                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = stop.cancelled() => {}
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        if failures == 1 {
+                            tracing::warn!(error = %e, "outbox: cannot claim messages; retrying");
+                        }
+                        drained = true;
                     }
-                    continue;
                 }
-            };
-            if jobs.is_empty() {
+            }
+            while running.len() < concurrency {
+                let Some(job) = queue.pop_front() else { break };
+                let (sender, sent) = (self.clone(), sent.clone());
+                running.spawn(async move { sender.handle(job, &sent).await });
+            }
+            if running.is_empty() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let wait = if failures > 0 {
+                    Duration::from_millis(200 * u64::from(failures.min(25)))
+                } else {
+                    POLL
+                };
                 tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(POLL) => {}
+                    () = self.wake.notified(), if failures == 0 => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = stop.cancelled() => {}
                 }
+                drained = false;
                 continue;
             }
-            futures_util::stream::iter(jobs)
-                .for_each_concurrent(self.settings.concurrency.max(1), |job| {
-                    let sender = self.clone();
-                    async move { sender.handle(job).await }
-                })
-                .await;
+            tokio::select! {
+                done = running.join_next() => {
+                    if let Some(Err(e)) = done {
+                        tracing::error!(error = %e, "outbox: a send task failed");
+                    }
+                }
+                () = self.wake.notified(), if drained && failures == 0 => drained = false,
+            }
+        }
+        // Every send has ended; what they handed over is recorded before the sender stops.
+        drop(sent);
+        if let Err(e) = settler.await {
+            tracing::error!(error = %e, "outbox: the recording task failed");
         }
         self.relay.shutdown().await;
     }
 
-    async fn claim(&self) -> Result<Vec<Job>, StoreError> {
+    /// Records handed-over rows as sent, all that finished meanwhile in one transaction:
+    /// with a commit per mail, the sender's statements and fsyncs outnumbered the sends'.
+    async fn record_sent_in_batches(self, mut sent: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = sent.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < crate::store::MAX_ROWS {
+                match sent.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.record_sent(&jobs).await {
+                // The claims expire and other attempts follow; a relay that already accepted
+                // a message may then get it twice (the Message-ID stays the same).
+                tracing::warn!(rows = jobs.len(), error = %e, "outbox: cannot record sent messages");
+            }
+        }
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut tx = self.store.begin().await?;
-        let limit = i64::try_from(self.settings.concurrency.max(1) * 8).unwrap_or(64);
+        let limit = i64::try_from(limit).unwrap_or(64);
         let jobs = outbox::claim(&mut tx, &self.settings.holder, CLAIM_MS, limit).await?;
         tx.commit().await?;
         Ok(jobs)
     }
 
-    async fn handle(&self, job: Job) {
+    /// Sends one row; a row handed over goes to `sent` for recording, any other outcome is
+    /// recorded here.
+    async fn handle(&self, job: Job, sent: &tokio::sync::mpsc::UnboundedSender<Job>) {
         let result = match (job.kind.as_str(), job.message_id) {
             ("email", Some(message_id)) => self.send_email(&job, message_id).await,
             ("webhook", _) => self
@@ -179,8 +235,13 @@ impl Sender {
                 job.kind
             ))),
         };
+        let id = job.id;
         let recorded = match result {
-            Ok(()) => self.record_sent(&job).await,
+            // The recording task is gone only if the sender stopped; then record it here.
+            Ok(()) => match sent.send(job) {
+                Ok(()) => return,
+                Err(unsent) => self.record_sent(&[unsent.0]).await,
+            },
             Err(Failure::Temporary(reason))
                 if job.attempts < i64::from(self.settings.max_attempts) =>
             {
@@ -193,7 +254,7 @@ impl Sender {
         if let Err(e) = recorded {
             // The claim expires and another attempt follows; a relay that already accepted
             // the message may then get it twice (the Message-ID stays the same).
-            tracing::warn!(outbox_id = job.id, error = %e, "outbox: cannot record the result of a send");
+            tracing::warn!(outbox_id = id, error = %e, "outbox: cannot record the result of a send");
         }
     }
 
@@ -235,11 +296,18 @@ impl Sender {
         }
     }
 
-    async fn record_sent(&self, job: &Job) -> Result<(), StoreError> {
+    async fn record_sent(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        let mut by_org: std::collections::BTreeMap<i64, (Vec<i64>, Vec<i64>)> =
+            std::collections::BTreeMap::new();
+        for job in jobs {
+            let (rows, messages) = by_org.entry(job.organization_id).or_default();
+            rows.push(job.id);
+            messages.extend(job.message_id);
+        }
         let mut tx = self.store.begin().await?;
-        outbox::settle(&mut tx, job.organization_id, job.id, &Settled::Sent).await?;
-        if let Some(message_id) = job.message_id {
-            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "sent").await?;
+        for (org_id, (rows, messages)) in &by_org {
+            outbox::settle_sent(&mut tx, *org_id, rows).await?;
+            tickets::set_delivery_states(&mut tx, *org_id, messages, "sent").await?;
         }
         tx.commit().await
     }

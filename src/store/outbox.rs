@@ -60,19 +60,32 @@ pub struct Job {
     pub attempts: i64,
 }
 
-// Due rows, and rows whose claim expired (a sender died mid-send), oldest first. On
+// Due rows, and rows whose claim expired (a sender died mid-send), oldest first. Each kind
+// is read in the order of the `outbox_due` index, so a claim reads about as many rows as it
+// takes (one `OR` over both made PostgreSQL read and sort every due row, each claim). On
 // PostgreSQL other instances skip the rows one has locked, so each row goes to one sender.
-const CLAIM_POSTGRES: &str = "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until_ms = $2, attempts = attempts + 1
-     WHERE (organization_id, id) IN (
-       SELECT organization_id, id FROM outbox
-       WHERE (state = 'pending' AND next_attempt_ms <= $3) OR (state = 'sending' AND claimed_until_ms < $3)
+const CLAIM_POSTGRES: &str = "WITH due AS (
+       SELECT organization_id, id, next_attempt_ms FROM outbox
+       WHERE state = 'pending' AND next_attempt_ms <= $3
+       ORDER BY next_attempt_ms, id LIMIT $4 FOR UPDATE SKIP LOCKED),
+     expired AS (
+       SELECT organization_id, id, next_attempt_ms FROM outbox
+       WHERE state = 'sending' AND claimed_until_ms < $3
        ORDER BY next_attempt_ms, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+     UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until_ms = $2, attempts = attempts + 1
+     WHERE (organization_id, id) IN (
+       SELECT organization_id, id FROM (SELECT * FROM due UNION ALL SELECT * FROM expired) d
+       ORDER BY next_attempt_ms, id LIMIT $4)
      RETURNING id, organization_id, kind, message_id, event, payload, attempts";
 // SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so the claim is atomic.
 const CLAIM_SQLITE: &str = "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until_ms = $2, attempts = attempts + 1
      WHERE id IN (
-       SELECT id FROM outbox
-       WHERE (state = 'pending' AND next_attempt_ms <= $3) OR (state = 'sending' AND claimed_until_ms < $3)
+       SELECT id FROM (
+         SELECT * FROM (SELECT id, next_attempt_ms FROM outbox
+           WHERE state = 'pending' AND next_attempt_ms <= $3 ORDER BY next_attempt_ms, id LIMIT $4)
+         UNION ALL
+         SELECT * FROM (SELECT id, next_attempt_ms FROM outbox
+           WHERE state = 'sending' AND claimed_until_ms < $3 ORDER BY next_attempt_ms, id LIMIT $4))
        ORDER BY next_attempt_ms, id LIMIT $4)
      RETURNING id, organization_id, kind, message_id, event, payload, attempts";
 
@@ -136,6 +149,25 @@ pub async fn settle(
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Ends the attempts on claimed rows of organization `org_id` that were handed over.
+pub async fn settle_sent(tx: &mut Tx, org_id: i64, ids: &[i64]) -> Result<(), StoreError> {
+    let ts = now();
+    for chunk in ids.chunks(super::MAX_ROWS) {
+        with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(
+                "UPDATE outbox SET state = 'sent', claimed_by = NULL, claimed_until_ms = NULL, last_error = '', updated_at = ",
+            );
+            q.push_bind(ts)
+                .push(" WHERE organization_id = ")
+                .push_bind(org_id)
+                .push(" AND id");
+            super::push_in_list(&mut q, chunk);
+            q.build().execute(c).await.map(|r| r.rows_affected())
+        })?;
+    }
     Ok(())
 }
 

@@ -939,6 +939,30 @@ pub async fn set_delivery_state(
     Ok(())
 }
 
+/// Sets the delivery state of several outgoing messages of organization `org_id`.
+pub async fn set_delivery_states(
+    tx: &mut Tx,
+    org_id: i64,
+    message_ids: &[i64],
+    state: &str,
+) -> Result<(), StoreError> {
+    let ts = now();
+    for chunk in message_ids.chunks(super::MAX_ROWS) {
+        with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new("UPDATE messages SET delivery_state = ");
+            q.push_bind(state)
+                .push(", updated_at = ")
+                .push_bind(ts)
+                .push(" WHERE organization_id = ")
+                .push_bind(org_id)
+                .push(" AND id");
+            super::push_in_list(&mut q, chunk);
+            q.build().execute(c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}
+
 /// One row of the inbound log.
 #[derive(Debug, Clone)]
 pub struct InboundLog<'a> {

@@ -239,6 +239,71 @@ async fn sender_retries_then_gives_up_with_a_note() {
     gw.cleanup().await;
 }
 
+/// A sender stopped while it sends finishes what it holds and records it: no row stays
+/// claimed, and every reply the relay took is marked sent, row and message alike, though the
+/// sends are recorded many at a time. Rows it never claimed wait for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sender_records_every_handed_over_reply() {
+    const N: usize = 60;
+    let postfix = Postfix::start_routes(&[("customer.test".into(), "discard:".into())]);
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail("c@customer.test", "support@acme.test", "stop midway", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    let mut replies = Vec::new();
+    for i in 0..N {
+        replies.push(reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await);
+    }
+    let relay = format!("smtp://127.0.0.1:{}", postfix.port);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
+    let start = Instant::now();
+    while !outbox_states(&gw.store, org)
+        .await
+        .iter()
+        .any(|s| s.1 == "sent")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.expect("sender");
+    let states = outbox_states(&gw.store, org).await;
+    assert!(
+        states.iter().all(|s| s.1 == "sent" || s.1 == "pending"),
+        "a row left claimed: {states:?}"
+    );
+    let sent = states.iter().filter(|s| s.1 == "sent").count();
+    assert!(sent > 0, "{states:?}");
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let messages = tickets::list_messages(&mut tx, org, ticket_id)
+        .await
+        .expect("messages");
+    tx.rollback().await.expect("rollback");
+    let marked = messages
+        .iter()
+        .filter(|m| replies.contains(&m.id) && m.delivery_state.as_deref() == Some("sent"))
+        .count();
+    assert_eq!(marked, sent, "each sent row's message is marked sent");
+    // The rest go out after a restart.
+    let stop = CancellationToken::new();
+    let relay = format!("smtp://127.0.0.1:{}", postfix.port);
+    let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
+    wait_all_sent(&gw.store, org, &postfix).await;
+    stop.cancel();
+    task.await.expect("sender");
+    gw.cleanup().await;
+}
+
 /// Two instances' senders share one PostgreSQL outbox: 40 replies reach the customer's real
 /// mailbox exactly once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
