@@ -69,6 +69,9 @@ const CLAIM_MS: i64 = 5 * 60 * 1000;
 const CLAIM_LOW: usize = 2;
 /// …to this many per connection.
 const CLAIM_HIGH: usize = 4;
+/// How long marking handed-over rows as sent is retried through a database outage (a
+/// restart or fail-over), well inside the claim; a stopping sender waits for it.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(30);
 /// How often the outbox is looked at when nothing wakes the sender (retries fall due,
 /// another instance queued something).
 const POLL: Duration = Duration::from_millis(500);
@@ -194,10 +197,29 @@ impl Sender {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.record_sent(&jobs).await {
-                // The claims expire and other attempts follow; a relay that already accepted
-                // a message may then get it twice (the Message-ID stays the same).
-                tracing::warn!(rows = jobs.len(), error = %e, "outbox: cannot record sent messages");
+            self.record_sent_retrying(&jobs).await;
+        }
+    }
+
+    /// Records `jobs` as sent, trying again for a while when the database fails in a way
+    /// that passes: unrecorded, their claims expire and the relay gets them a second time.
+    async fn record_sent_retrying(&self, jobs: &[Job]) {
+        let give_up = tokio::time::Instant::now() + RECORD_RETRY_FOR;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.record_sent(jobs).await {
+                Ok(()) => return,
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < give_up => {
+                    tracing::debug!(rows = jobs.len(), error = %e, "outbox: recording sent messages again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // The claims expire and other attempts follow; a relay that already
+                    // accepted a message then gets it twice (the Message-ID stays the same).
+                    tracing::warn!(rows = jobs.len(), error = %e, "outbox: cannot record sent messages");
+                    return;
+                }
             }
         }
     }

@@ -304,6 +304,128 @@ async fn a_stopped_sender_records_every_handed_over_reply() {
     gw.cleanup().await;
 }
 
+/// A relay that takes every mail but answers the end of its DATA only once `release` says
+/// so; `received` counts the mails whose data it has read.
+async fn holding_relay() -> (
+    u16,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (counter, mut released) = (counter.clone(), released.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                write.write_all(b"220 relay.test ESMTP\r\n").await?;
+                while let Some(line) = lines.next_line().await? {
+                    let verb = line.to_ascii_uppercase();
+                    let reply: &[u8] = if verb.starts_with("EHLO") {
+                        b"250-relay.test\r\n250 8BITMIME\r\n"
+                    } else if verb.starts_with("DATA") {
+                        write.write_all(b"354 go ahead\r\n").await?;
+                        while let Some(l) = lines.next_line().await? {
+                            if l == "." {
+                                break;
+                            }
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = released.wait_for(|go| *go).await;
+                        b"250 2.0.0 queued\r\n"
+                    } else if verb.starts_with("QUIT") {
+                        write.write_all(b"221 2.0.0 bye\r\n").await?;
+                        break;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    write.write_all(reply).await?;
+                }
+                Ok::<(), std::io::Error>(())
+            });
+        }
+    });
+    (port, received, release)
+}
+
+/// The relay takes three replies while the database is down: marking them sent fails, is
+/// tried again, and succeeds once the database is back, so each reply goes out once, with
+/// one attempt, and no claim runs out and sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_handed_over_during_a_database_outage_are_marked_sent_once_it_is_back() {
+    use crate::postfix::{ImmutableFiles, Outage as _};
+    const N: usize = 3;
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail("c@customer.test", "support@acme.test", "outage", ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    for i in 0..N {
+        reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await;
+    }
+    let (port, received, release) = holding_relay().await;
+    let stop = CancellationToken::new();
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
+    let start = Instant::now();
+    while received.load(std::sync::atomic::Ordering::SeqCst) < N {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the relay got no mail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut outage = ImmutableFiles::of_database(&gw.dir.path().join("gateway.db"));
+    outage.break_db();
+    release.send(true).expect("release");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = outbox_states(&gw.store, org).await;
+    outage.restore_db();
+    assert!(
+        during.iter().all(|s| s.1 == "sending"),
+        "nothing can be marked while the database is down: {during:?}"
+    );
+    let start = Instant::now();
+    loop {
+        let states = outbox_states(&gw.store, org).await;
+        if states.iter().all(|s| s.1 == "sent") {
+            assert!(
+                states.iter().all(|s| s.2 == 1),
+                "one attempt each: {states:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not marked sent after the outage: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.expect("sender");
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        N,
+        "each reply handed over once"
+    );
+    gw.cleanup().await;
+}
+
 /// Two instances' senders share one PostgreSQL outbox: 40 replies reach the customer's real
 /// mailbox exactly once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,18 +244,8 @@ impl Gateway {
     }
 
     /// The SQLite database and its WAL and shared-memory files, those that exist.
-    fn sqlite_files(&self) -> Vec<PathBuf> {
-        let db = self.dir.path().join("data/gateway.db");
-        // Not the `-shm` index: SQLite maps it into memory and never syncs it, and a write to
-        // a mapped page of an immutable file raises SIGBUS in the kernel's page fault (the
-        // writer updates the index header whenever the log restarts after a checkpoint). A
-        // disk that fails, fills or refuses writes stops the database and the log; those two
-        // immutable make every commit fail as a real outage does.
-        ["", "-wal"]
-            .iter()
-            .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
-            .filter(|p| p.exists())
-            .collect()
+    fn sqlite_files(&self) -> ImmutableFiles {
+        ImmutableFiles::of_database(&self.dir.path().join("data/gateway.db"))
     }
 }
 
@@ -863,7 +853,7 @@ fn postfix_delivers_over_lmtp() {
 }
 
 /// What makes the gateway's database fail, and undoes it.
-trait Outage {
+pub(crate) trait Outage {
     fn break_db(&mut self);
     fn restore_db(&mut self);
     /// Whether the test can still read the database during the outage.
@@ -872,12 +862,27 @@ trait Outage {
 
 /// SQLite: the database and WAL files made immutable (`chattr +i`), which
 /// stops even root from writing them, including through descriptors already open.
-struct ImmutableFiles {
+pub(crate) struct ImmutableFiles {
     files: Vec<PathBuf>,
     set: bool,
 }
 
 impl ImmutableFiles {
+    /// An outage of the SQLite database at `db`: the file and its log.
+    pub(crate) fn of_database(db: &Path) -> ImmutableFiles {
+        // Not the `-shm` index: SQLite maps it into memory and never syncs it, and a write to
+        // a mapped page of an immutable file raises SIGBUS in the kernel's page fault (the
+        // writer updates the index header whenever the log restarts after a checkpoint). A
+        // disk that fails, fills or refuses writes stops the database and the log; those two
+        // immutable make every commit fail as a real outage does.
+        let files = ["", "-wal"]
+            .iter()
+            .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+            .filter(|p| p.exists())
+            .collect();
+        ImmutableFiles { files, set: false }
+    }
+
     fn chattr(&self, flag: &str) -> Output {
         Command::new(tool("chattr"))
             .arg(flag)
@@ -1221,10 +1226,7 @@ fn postfix_keeps_mail_while_the_gateway_says_451_and_delivers_after_recovery_sql
     let gw = Gateway::start(None);
     // Opened before the files turn immutable: its connection keeps reading them.
     let db = Db::open(&gw.db_url);
-    let mut outage = ImmutableFiles {
-        files: gw.sqlite_files(),
-        set: false,
-    };
+    let mut outage = gw.sqlite_files();
     keeps_mail_through_an_outage(&gw, &mut outage, &db);
 }
 
