@@ -112,11 +112,10 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// How a claimed row ends its attempt.
+/// How a claimed row that was not handed over ends its attempt (handed over:
+/// [`settle_sent`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled<'a> {
-    /// Handed over (the relay said 250, the webhook answered 2xx).
-    Sent,
     /// Another attempt at this time (milliseconds since the epoch), after this error.
     RetryAt(i64, &'a str),
     /// Given up, for this reason.
@@ -131,7 +130,6 @@ pub async fn settle(
     how: &Settled<'_>,
 ) -> Result<(), StoreError> {
     let (state, next_attempt_ms, error) = match how {
-        Settled::Sent => ("sent", None, ""),
         Settled::RetryAt(at, error) => ("pending", Some(*at), *error),
         Settled::Failed(error) => ("failed", None, *error),
     };
@@ -152,7 +150,8 @@ pub async fn settle(
     Ok(())
 }
 
-/// Ends the attempts on claimed rows of organization `org_id` that were handed over.
+/// Ends the attempts on claimed rows of organization `org_id` that were handed over (the
+/// relay said 250, the webhook answered 2xx).
 pub async fn settle_sent(tx: &mut Tx, org_id: i64, ids: &[i64]) -> Result<(), StoreError> {
     let ts = now();
     for chunk in ids.chunks(super::MAX_ROWS) {

@@ -926,17 +926,7 @@ pub async fn set_delivery_state(
     message_id: i64,
     state: &str,
 ) -> Result<(), StoreError> {
-    with_tx!(tx, |c| {
-        sqlx::query("UPDATE messages SET delivery_state = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
-        .bind(org_id)
-        .bind(message_id)
-        .bind(state)
-        .bind(now())
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())
-    })?;
-    Ok(())
+    set_delivery_states(tx, org_id, &[message_id], state).await
 }
 
 /// Sets the delivery state of several outgoing messages of organization `org_id`.

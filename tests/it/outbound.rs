@@ -67,6 +67,22 @@ async fn outbox_states(store: &Store, org: i64) -> Vec<(String, String, i64, Str
         .collect()
 }
 
+/// Opens a ticket at Acme's support inbox with a mail from `from`; its id.
+async fn open_ticket(gw: &TestGateway, from: &str, subject: &str) -> i64 {
+    let created = gw
+        .pipeline
+        .ingest(
+            &mail(from, "support@acme.test", subject, ""),
+            &Envelope::to("support@acme.test", Source::Replay),
+        )
+        .await
+        .expect("ingest");
+    let Outcome::Created { ticket_id, .. } = created else {
+        panic!("{created:?}")
+    };
+    ticket_id
+}
+
 async fn reply_on(store: &Store, org: i64, ticket_id: i64, text: &str) -> i64 {
     let mut tx = store.begin().await.expect("begin");
     let created = agent::reply(
@@ -185,17 +201,7 @@ async fn acknowledgement_once_per_sender_never_to_auto_replies_or_spam() {
 async fn sender_retries_then_gives_up_with_a_note() {
     let gw = TestGateway::new(Db::Sqlite).await;
     let org = acme(&gw.store).await;
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail("a@customer.test", "support@acme.test", "help", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, "a@customer.test", "help").await;
     let message_id = reply_on(&gw.store, org, ticket_id, "We are on it.").await;
     // Nothing listens on this port: every attempt fails at connect.
     let dead = format!("smtp://127.0.0.1:{}", free_port());
@@ -248,17 +254,7 @@ async fn a_stopped_sender_records_every_handed_over_reply() {
     let postfix = Postfix::start_routes(&[("customer.test".into(), "discard:".into())]);
     let gw = TestGateway::new(Db::Sqlite).await;
     let org = acme(&gw.store).await;
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail("c@customer.test", "support@acme.test", "stop midway", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, "c@customer.test", "stop midway").await;
     let mut replies = Vec::new();
     for i in 0..N {
         replies.push(reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await);
@@ -364,17 +360,7 @@ async fn replies_handed_over_during_a_database_outage_are_marked_sent_once_it_is
     const N: usize = 3;
     let gw = TestGateway::new(Db::Sqlite).await;
     let org = acme(&gw.store).await;
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail("c@customer.test", "support@acme.test", "outage", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, "c@customer.test", "outage").await;
     for i in 0..N {
         reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await;
     }
@@ -439,17 +425,7 @@ async fn two_senders_on_postgres_send_each_message_once() {
     )]);
     let gw = TestGateway::new(Db::Postgres).await;
     let org = acme(&gw.store).await;
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail(customer.0, "support@acme.test", "many answers", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, customer.0, "many answers").await;
     for i in 0..N {
         reply_on(&gw.store, org, ticket_id, &format!("answer {i}")).await;
     }
@@ -577,17 +553,7 @@ async fn webhooks_are_signed_retried_and_never_for_spam() {
     tx.commit().await.expect("commit");
     gw.pipeline.refresh_routes();
 
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail("a@customer.test", "support@acme.test", "hooked", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, "a@customer.test", "hooked").await;
     // Spam opens a ticket but sends no webhook.
     gw.pipeline
         .ingest(
@@ -701,17 +667,7 @@ async fn relay_over_starttls_and_implicit_tls() {
     let smtps = postfix.smtps_port.expect("smtps port");
     let gw = TestGateway::new(Db::Sqlite).await;
     let org = acme(&gw.store).await;
-    let created = gw
-        .pipeline
-        .ingest(
-            &mail(customer.0, "support@acme.test", "secure", ""),
-            &Envelope::to("support@acme.test", Source::Replay),
-        )
-        .await
-        .expect("ingest");
-    let Outcome::Created { ticket_id, .. } = created else {
-        panic!("{created:?}")
-    };
+    let ticket_id = open_ticket(&gw, customer.0, "secure").await;
     let with_ca = |relay: String| {
         let mut s = settings(relay, 3, "tls");
         s.ca_file = ca.display().to_string();
