@@ -4,6 +4,11 @@
 //! `cargo bench --bench smtp_load -- [--backend sqlite|postgres|both] [--messages N]
 //! [--connections C] [--rate R] [--big K]`
 //!
+//! The mail is issue 2's corpus, from the pipeline bench's generator with the same seed
+//! (`common/corpus.rs`): a third replies, redeliveries, several charsets and languages, 1 in
+//! 20 with a 50-500 KB attachment; every `250` must say what the generator meant (created,
+//! appended, duplicate).
+//!
 //! Reports messages/s, the DATA-to-250 latency (p50, p99), and the daemon's peak RSS; a paced
 //! run at `--rate` messages/s offered; and the peak RSS with K and 4K concurrent 50 MB
 //! messages, which must not grow with K (large messages wait for a slot).
@@ -18,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+#[path = "common/corpus.rs"]
+mod corpus;
 
 const CONFIG: &str = r#"
 [smtp]
@@ -115,7 +123,7 @@ fn main() {
             } else {
                 o.messages
             };
-            let corpus = corpus(n);
+            let corpus = corpus(n, o.connections);
             let batches_before = gw.histogram("initdesk_commit_batch_messages");
             let commits_before = gw.histogram("initdesk_commit_seconds");
             let writes_before = gw.histogram("initdesk_commit_write_seconds");
@@ -158,6 +166,11 @@ fn main() {
                 client_cpu * 1e6 / r.sent.max(1) as f64
             );
             assert_eq!(r.failed, 0, "{} messages were not accepted", r.failed);
+            assert_eq!(
+                r.unexpected, 0,
+                "{} messages were accepted as something else than the generator meant",
+                r.unexpected
+            );
             gw.stop();
         }
         if o.big > 0 {
@@ -318,44 +331,6 @@ fn psql(url: &str, sql: &str) {
     assert!(ok, "psql {sql}");
 }
 
-/// A realistic message: a few KB of text, some HTML-only, ~5% with a 50-500 KB attachment.
-fn message(rng: &mut StdRng, i: usize) -> Vec<u8> {
-    let customer = rng.random_range(0..3000);
-    let mut m = format!(
-        "From: Customer {customer} <customer{customer}@example.com>\r\nTo: support@acme.test\r\nSubject: Request {i} about order {}\r\nMessage-ID: <load-{i}-{}@example.com>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n",
-        rng.random_range(1000..99999),
-        rng.random::<u64>()
-    );
-    let paragraph = "Hello, the delivery did not arrive and the tracking page shows no update since Monday. Could you please check what happened and tell me when I can expect it? Thank you.\r\n";
-    let text: String = (0..rng.random_range(3..30)).map(|_| paragraph).collect();
-    if rng.random_ratio(1, 20) {
-        let size = rng.random_range(50_000..500_000);
-        let blob: Vec<u8> = (0..size).map(|_| rng.random()).collect();
-        let b64 = base64_lines(&blob);
-        m.push_str(&format!("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n--b\r\nContent-Type: application/pdf; name=doc{i}.pdf\r\nContent-Disposition: attachment; filename=doc{i}.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--b--\r\n"));
-    } else if rng.random_ratio(1, 6) {
-        m.push_str(&format!(
-            "Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>{}</p></body></html>\r\n",
-            text.replace("\r\n", "</p><p>")
-        ));
-    } else {
-        m.push_str(&format!(
-            "Content-Type: text/plain; charset=utf-8\r\n\r\n{text}"
-        ));
-    }
-    m.into_bytes()
-}
-
-fn base64_lines(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    let mut out = String::with_capacity(bytes.len() * 4 / 3 + bytes.len() / 57 * 2 + 4);
-    for line in bytes.chunks(57) {
-        out.push_str(&base64::engine::general_purpose::STANDARD.encode(line));
-        out.push_str("\r\n");
-    }
-    out
-}
-
 /// One SMTP client connection, blocking I/O (the load generator is its own process).
 struct Conn {
     r: BufReader<TcpStream>,
@@ -377,36 +352,49 @@ impl Conn {
     }
 
     fn reply(&mut self) -> u16 {
+        self.reply_line().0
+    }
+
+    /// The code and the last line of one reply.
+    fn reply_line(&mut self) -> (u16, String) {
         let mut line = String::new();
         loop {
             line.clear();
             if self.r.read_line(&mut line).unwrap_or(0) == 0 {
-                return 0;
+                return (0, line);
             }
             if line.as_bytes().get(3) != Some(&b'-') {
-                return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, line);
             }
         }
     }
 
-    /// Sends one message (pipelined MAIL/RCPT/DATA); returns the DATA-to-250 time when accepted.
-    fn send(&mut self, raw: &[u8]) -> Option<Duration> {
+    /// Sends one message (pipelined MAIL/RCPT/DATA); returns the DATA-to-250 time and the
+    /// `250` line when accepted.
+    fn send(&mut self, data: &[u8], recipient: &str) -> Option<(Duration, String)> {
         self.w
-            .write_all(b"MAIL FROM:<load@example.com>\r\nRCPT TO:<support@acme.test>\r\nDATA\r\n")
+            .write_all(
+                format!("MAIL FROM:<load@example.com>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+                    .as_bytes(),
+            )
             .ok()?;
         if self.reply() != 250 || self.reply() != 250 || self.reply() != 354 {
             return None;
         }
-        self.w.write_all(raw).ok()?;
+        self.w.write_all(data).ok()?;
         let start = Instant::now();
         self.w.write_all(b".\r\n").ok()?;
-        (self.reply() == 250).then(|| start.elapsed())
+        let (code, line) = self.reply_line();
+        (code == 250).then(|| (start.elapsed(), line))
     }
 }
 
 struct Result_ {
     sent: usize,
     failed: usize,
+    /// Accepted, but not as the generator meant (a reply that opened a ticket, say).
+    unexpected: usize,
     seconds: f64,
     p50: f64,
     p99: f64,
@@ -434,24 +422,68 @@ fn cpu_seconds_of(path: &str) -> f64 {
 
 /// The messages to send, made before the clock starts so that the generator's CPU does not
 /// compete with the daemon during the run (seeded: every run sends the same corpus).
-fn corpus(n: usize) -> Arc<Vec<Vec<u8>>> {
+/// One message of the corpus as the load generator sends it.
+struct Mail {
+    /// Dot-stuffed DATA, ending in CRLF (the generator's final `.` line is added on sending).
+    data: Vec<u8>,
+    recipient: &'static str,
+    /// What the `250` must say: `created`, `appended` or `duplicate`.
+    outcome: &'static str,
+}
+
+/// Issue 2's corpus (the pipeline bench's generator, same seed): new requests, replies that
+/// thread by `In-Reply-To`/`References`, redeliveries, several charsets and languages.
+/// Replies and redeliveries refer to mail at least `lag` messages earlier, far more than
+/// the connections in flight, so their parents are committed when they arrive.
+fn corpus(n: usize, connections: usize) -> Arc<Vec<Mail>> {
+    let lag = (n / 10).min(1000).max(connections * 8);
+    let mut g = corpus::Generator::new(SEED, n, lag, 0.05);
     Arc::new(
         (0..n)
-            .map(|i| message(&mut StdRng::seed_from_u64(i as u64), i))
+            .map(|i| {
+                let (expect, recipient, _, raw) = g.next_message(i);
+                Mail {
+                    data: dot_stuffed(&raw),
+                    recipient: corpus::RECIPIENTS[usize::from(recipient)],
+                    outcome: expect.outcome(),
+                }
+            })
             .collect(),
     )
 }
 
+/// The pipeline bench's seed: both benches send the same mail.
+const SEED: u64 = 2;
+
+/// `raw` as SMTP DATA: a `.` opening a line doubled, and a final CRLF.
+fn dot_stuffed(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let mut line_start = true;
+    for &b in raw {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// Sends `corpus` over `connections`; `rate` > 0 paces the offered load.
-fn blast(addr: SocketAddr, corpus: &Arc<Vec<Vec<u8>>>, connections: usize, rate: usize) -> Result_ {
+fn blast(addr: SocketAddr, corpus: &Arc<Vec<Mail>>, connections: usize, rate: usize) -> Result_ {
     let n = corpus.len();
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let failed = Arc::new(AtomicUsize::new(0));
+    let unexpected = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let (next, latencies, failed) = (next.clone(), latencies.clone(), failed.clone());
+            let unexpected = unexpected.clone();
             let corpus = corpus.clone();
             std::thread::spawn(move || {
                 let mut conn = Conn::open(addr);
@@ -466,8 +498,14 @@ fn blast(addr: SocketAddr, corpus: &Arc<Vec<Vec<u8>>>, connections: usize, rate:
                             std::thread::sleep(wait);
                         }
                     }
-                    match conn.send(&corpus[i]) {
-                        Some(d) => latencies.lock().map(|mut l| l.push(d)).unwrap_or(()),
+                    let mail = &corpus[i];
+                    match conn.send(&mail.data, mail.recipient) {
+                        Some((d, line)) => {
+                            if !line.contains(mail.outcome) {
+                                unexpected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            latencies.lock().map(|mut l| l.push(d)).unwrap_or(());
+                        }
                         None => {
                             failed.fetch_add(1, Ordering::Relaxed);
                             conn = Conn::open(addr);
@@ -491,6 +529,7 @@ fn blast(addr: SocketAddr, corpus: &Arc<Vec<Vec<u8>>>, connections: usize, rate:
     Result_ {
         sent: l.len(),
         failed: failed.load(Ordering::Relaxed),
+        unexpected: unexpected.load(Ordering::Relaxed),
         seconds,
         p50: pct(0.50),
         p99: pct(0.99),
@@ -503,7 +542,10 @@ fn big_messages(addr: SocketAddr, k: usize) -> Result_ {
     let body: Arc<Vec<u8>> = Arc::new({
         let mut rng = StdRng::seed_from_u64(7);
         let blob: Vec<u8> = (0..37 * 1024 * 1024).map(|_| rng.random()).collect();
-        format!("From: big@example.com\r\nTo: support@acme.test\r\nSubject: fifty megabytes\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n", base64_lines(&blob)).into_bytes()
+        let mut m = b"From: big@example.com\r\nTo: support@acme.test\r\nSubject: fifty megabytes\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+        m.extend_from_slice(&corpus::base64_lines(&blob));
+        m.extend_from_slice(b"--b--\r\n");
+        m
     });
     let failed = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..k)
@@ -513,7 +555,7 @@ fn big_messages(addr: SocketAddr, k: usize) -> Result_ {
                 let mut conn = Conn::open(addr);
                 let mut raw = format!("Message-ID: <big-{i}@example.com>\r\n").into_bytes();
                 raw.extend_from_slice(&body);
-                if conn.send(&raw).is_none() {
+                if conn.send(&raw, "support@acme.test").is_none() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -525,6 +567,7 @@ fn big_messages(addr: SocketAddr, k: usize) -> Result_ {
     Result_ {
         sent: k - failed.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
+        unexpected: 0,
         seconds: start.elapsed().as_secs_f64(),
         p50: 0.0,
         p99: 0.0,
