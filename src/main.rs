@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    initdesk_gateway::ops::memory::return_large_blocks();
     let cli = initdesk_gateway::cli::Cli::parse();
     initdesk_gateway::ops::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
-//! Operations: logging, metrics and systemd integration.
+//! Operations: logging, metrics, memory and systemd integration.
 
+pub mod memory;
 pub mod metrics;
 pub mod systemd;
 pub mod telemetry;

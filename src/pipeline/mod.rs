@@ -177,7 +177,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Shared: one message to several recipients is one buffer.
-    pub raw: Arc<[u8]>,
+    pub raw: Arc<Vec<u8>>,
     pub envelope: Envelope,
 }
 
@@ -246,7 +246,7 @@ impl Pipeline {
     /// Ingests one message and commits it.
     pub async fn ingest(&self, raw: &[u8], envelope: &Envelope) -> Result<Outcome, IngestError> {
         let delivery = Delivery {
-            raw: Arc::from(raw),
+            raw: Arc::new(raw.to_vec()),
             envelope: envelope.clone(),
         };
         self.ingest_batch(vec![delivery])
@@ -276,7 +276,7 @@ impl Pipeline {
         }
         // The CPU work of the whole batch in one job per preparing thread, each taking the
         // next message until none is left: a job per message cost two thread wake-ups each.
-        let inputs: Arc<Vec<(Arc<[u8]>, i64)>> = Arc::new(
+        let inputs: Arc<Vec<(Arc<Vec<u8>>, i64)>> = Arc::new(
             routed
                 .iter()
                 .filter_map(|(route, d)| {
@@ -811,7 +811,7 @@ enum Staged {
     Quarantine {
         org_id: Option<i64>,
         envelope: Envelope,
-        raw: Arc<[u8]>,
+        raw: Arc<Vec<u8>>,
         reason: String,
     },
 }
@@ -820,7 +820,7 @@ struct Ready {
     route: Route,
     prepared: Prepared,
     envelope: Envelope,
-    raw: Arc<[u8]>,
+    raw: Arc<Vec<u8>>,
     /// Its files in the blob store are durable already ([`Pipeline::make_files_durable`]).
     blobs_synced: bool,
 }

@@ -191,14 +191,17 @@ pub fn prepare(
     limits: &LimitsConfig,
     blobs: &Arc<dyn BlobStore>,
 ) -> Result<Prepared, PrepareError> {
-    let mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
+    let mut mail = parse::parse_guarded(raw, limits).map_err(PrepareError::Parse)?;
     let raw_sha256 = sha256_hex(raw);
-    let raw_stored = raw::keep(raw, &raw_sha256, blobs.as_ref()).map_err(PrepareError::Blob)?;
 
     let mut attachments = Vec::with_capacity(mail.attachments.len());
     let mut cid_urls = HashMap::new();
-    for a in &mail.attachments {
+    for a in &mut mail.attachments {
         let sha256 = blobs.put(&a.bytes).map_err(PrepareError::Blob)?;
+        let size = i64::try_from(a.bytes.len()).unwrap_or(i64::MAX);
+        // On disk now. Freed before the raw mail is compressed, so a large message's decoded
+        // attachments and its compressed copy are never in memory together.
+        a.bytes = Vec::new();
         let id = uuid::Uuid::now_v7().to_string();
         if !a.content_id.is_empty() {
             cid_urls.insert(a.content_id.clone(), download_url(public_url, org_id, &id));
@@ -207,14 +210,15 @@ pub fn prepare(
             id,
             name: a.name.clone(),
             content_type: a.content_type.clone(),
-            size: i64::try_from(a.bytes.len()).unwrap_or(i64::MAX),
+            size,
             sha256,
             content_id: a.content_id.clone(),
             is_inline: a.is_inline,
         });
     }
 
-    let mut mail = mail;
+    let raw_stored = raw::keep(raw, &raw_sha256, blobs.as_ref()).map_err(PrepareError::Blob)?;
+
     let (max_bytes, max_depth) = (limits.max_html_to_text_bytes, limits.max_html_depth);
     let depth = parse::html_guard::max_depth(&mail.html);
     let html = if depth > max_depth {
@@ -241,10 +245,6 @@ pub fn prepare(
     } else {
         Language::Detected(detect_language(&text, &html, max_bytes, max_depth))
     };
-    // Attachment bytes are on disk now; keep the parsed mail light in memory.
-    for a in &mut mail.attachments {
-        a.bytes = Vec::new();
-    }
     Ok(Prepared {
         mail,
         text,

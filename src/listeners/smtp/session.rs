@@ -506,7 +506,13 @@ impl Session {
         } else {
             Source::Smtp
         };
-        let raw: Arc<[u8]> = Arc::from(message);
+        // Shared as it is, not copied: a 50 MB message would be in memory twice for a moment.
+        // What doubling growth left over is returned first (for large buffers glibc's realloc
+        // moves pages, not bytes).
+        if message.capacity() - message.len() > LARGE_MESSAGE {
+            message.shrink_to_fit();
+        }
+        let raw = Arc::new(message);
         let deliveries = rcpts
             .iter()
             .map(|r| Delivery {
