@@ -329,6 +329,15 @@ impl Gateway {
     }
 }
 
+impl Drop for Gateway {
+    /// A bench that fails (or whose output pipe closes) must not leave its daemon running
+    /// and taking CPU from the next measurement.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn psql(url: &str, sql: &str) {
     let ok = Command::new("psql")
         .arg(url)
