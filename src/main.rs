@@ -5,9 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    initdesk_gateway::ops::memory::return_large_blocks();
+    let large_blocks_returned = initdesk_gateway::ops::memory::return_large_blocks();
     let cli = initdesk_gateway::cli::Cli::parse();
     initdesk_gateway::ops::telemetry::init();
+    if !large_blocks_returned {
+        tracing::warn!(
+            "could not set the allocator's mmap threshold; memory after large messages may stay high"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

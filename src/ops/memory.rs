@@ -13,20 +13,21 @@
 /// Blocks from this size on are mapped on their own and returned to the system when freed.
 pub const MAP_FROM: usize = crate::listeners::smtp::session::LARGE_MESSAGE;
 
-/// Fixes the allocator's mmap threshold at [`MAP_FROM`]; call once, before threads start.
-pub fn return_large_blocks() {
+/// Fixes the allocator's mmap threshold at [`MAP_FROM`]; call once, before threads start
+/// (and so before logging is set up): `false` when the allocator refused.
+pub fn return_large_blocks() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let threshold = libc::c_int::try_from(MAP_FROM).unwrap_or(libc::c_int::MAX);
-        for (param, value) in [
+        [
             (libc::M_MMAP_THRESHOLD, threshold),
             (libc::M_TRIM_THRESHOLD, threshold.saturating_mul(2)),
-        ] {
-            // SAFETY: mallopt takes two integers and only changes allocator tunables; it is
-            // called before any other thread exists.
-            if unsafe { libc::mallopt(param, value) } != 1 {
-                tracing::debug!(param, "could not set an allocator threshold");
-            }
-        }
+        ]
+        .into_iter()
+        // SAFETY: mallopt takes two integers and only changes allocator tunables; it is
+        // called before any other thread exists.
+        .all(|(param, value)| unsafe { libc::mallopt(param, value) } == 1)
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    true
 }
