@@ -1679,6 +1679,15 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A bench that fails (or whose output pipe closes) must not leave its daemon running
+    /// and taking CPU from the next measurement.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// User + system CPU seconds of a process, from its `/proc/<pid>/stat`.
 fn proc_cpu(stat_path: &str) -> f64 {
     let stat = fs::read_to_string(stat_path).unwrap_or_default();
