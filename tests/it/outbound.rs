@@ -58,13 +58,36 @@ async fn acme(store: &Store) -> i64 {
 }
 
 /// States of the organization's outbox rows, in order.
-async fn outbox_states(store: &Store, org: i64) -> Vec<(String, String, i64, String)> {
+/// One outbox row as the tests look at it: `(kind, state, attempts, last_error)`.
+type OutboxRow = (String, String, i64, String);
+
+async fn outbox_states(store: &Store, org: i64) -> Vec<OutboxRow> {
     let mut tx = store.begin_read().await.expect("begin");
     let rows = outbox::list(&mut tx, org).await.expect("outbox");
     tx.rollback().await.expect("rollback");
     rows.into_iter()
         .map(|(_, k, s, a, e)| (k, s, a, e))
         .collect()
+}
+
+/// Polls `org`'s outbox rows until `done` holds for them and returns them; fails after
+/// `limit` with `what()` and the rows.
+async fn wait_outbox(
+    store: &Store,
+    org: i64,
+    limit: Duration,
+    done: impl Fn(&[OutboxRow]) -> bool,
+    what: impl Fn() -> String,
+) -> Vec<OutboxRow> {
+    let start = Instant::now();
+    loop {
+        let rows = outbox_states(store, org).await;
+        if done(&rows) {
+            return rows;
+        }
+        assert!(start.elapsed() < limit, "{}: {rows:?}", what());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Opens a ticket at Acme's support inbox with a mail from `from`; its id.
@@ -208,21 +231,17 @@ async fn sender_retries_then_gives_up_with_a_note() {
     let s = sender(&gw, &gw.store, settings(dead, 2, "one"));
     let stop = CancellationToken::new();
     let task = tokio::spawn(s.run(stop.clone()));
-    let start = Instant::now();
-    loop {
-        let states = outbox_states(&gw.store, org).await;
-        if states.first().is_some_and(|s| s.1 == "failed") {
-            let (_, _, attempts, error) = &states[0];
-            assert_eq!(*attempts, 2, "two attempts, as configured");
-            assert!(!error.is_empty());
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not given up: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let states = wait_outbox(
+        &gw.store,
+        org,
+        Duration::from_secs(30),
+        |s| s.first().is_some_and(|s| s.1 == "failed"),
+        || "not given up".into(),
+    )
+    .await;
+    let (_, _, attempts, error) = &states[0];
+    assert_eq!(*attempts, 2, "two attempts, as configured");
+    assert!(!error.is_empty());
     stop.cancel();
     task.await.expect("sender");
     let mut tx = gw.store.begin_read().await.expect("begin");
@@ -386,22 +405,18 @@ async fn replies_handed_over_during_a_database_outage_are_marked_sent_once_it_is
         during.iter().all(|s| s.1 == "sending"),
         "nothing can be marked while the database is down: {during:?}"
     );
-    let start = Instant::now();
-    loop {
-        let states = outbox_states(&gw.store, org).await;
-        if states.iter().all(|s| s.1 == "sent") {
-            assert!(
-                states.iter().all(|s| s.2 == 1),
-                "one attempt each: {states:?}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not marked sent after the outage: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let states = wait_outbox(
+        &gw.store,
+        org,
+        Duration::from_secs(20),
+        |s| s.iter().all(|s| s.1 == "sent"),
+        || "not marked sent after the outage".into(),
+    )
+    .await;
+    assert!(
+        states.iter().all(|s| s.2 == 1),
+        "one attempt each: {states:?}"
+    );
     stop.cancel();
     task.await.expect("sender");
     assert_eq!(
@@ -438,19 +453,7 @@ async fn two_senders_on_postgres_send_each_message_once() {
         sender(&gw, &gw.store, settings(relay.clone(), 5, "instance-a")).run(stop.clone()),
     );
     let b = tokio::spawn(sender(&gw, &store_b, settings(relay, 5, "instance-b")).run(stop.clone()));
-    let start = Instant::now();
-    loop {
-        let states = outbox_states(&gw.store, org).await;
-        if states.iter().all(|s| s.1 == "sent") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not all sent: {states:?}\n{}",
-            postfix.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_sent(&gw.store, org, &postfix).await;
     stop.cancel();
     a.await.expect("a");
     b.await.expect("b");
@@ -628,19 +631,14 @@ async fn webhooks_are_signed_retried_and_never_for_spam() {
 
 /// Waits until every outbox row of `org` is `sent`.
 async fn wait_all_sent(store: &Store, org: i64, postfix: &Postfix) {
-    let start = Instant::now();
-    loop {
-        let states = outbox_states(store, org).await;
-        if !states.is_empty() && states.iter().all(|s| s.1 == "sent") {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not all sent: {states:?}\n{}",
-            postfix.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_outbox(
+        store,
+        org,
+        Duration::from_secs(60),
+        |s| !s.is_empty() && s.iter().all(|s| s.1 == "sent"),
+        || format!("not all sent\n{}", postfix.log()),
+    )
+    .await;
 }
 
 /// The relay connection's TLS modes against a real Postfix with a private CA's certificate:
@@ -689,26 +687,25 @@ async fn relay_over_starttls_and_implicit_tls() {
         )
         .run(stop.clone()),
     );
-    let start = Instant::now();
-    loop {
-        let states = outbox_states(&gw.store, org).await;
-        // Claimed ("sending", attempts already counted) is not yet failed: wait for the
-        // attempt to end with its error.
-        if states
-            .iter()
-            .any(|s| s.2 >= 1 && s.1 != "sent" && s.1 != "sending")
-        {
-            assert!(
-                states.iter().all(|s| s.1 != "sent"),
-                "sent without a trusted certificate: {states:?}"
-            );
-            let error = &states[0].3;
-            assert!(error.to_lowercase().contains("certificate"), "{error}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{states:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Claimed ("sending", attempts already counted) is not yet failed: wait for the attempt
+    // to end with its error.
+    let states = wait_outbox(
+        &gw.store,
+        org,
+        Duration::from_secs(30),
+        |s| {
+            s.iter()
+                .any(|s| s.2 >= 1 && s.1 != "sent" && s.1 != "sending")
+        },
+        || "no failed attempt".into(),
+    )
+    .await;
+    assert!(
+        states.iter().all(|s| s.1 != "sent"),
+        "sent without a trusted certificate: {states:?}"
+    );
+    let error = &states[0].3;
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
     stop.cancel();
     task.await.expect("sender");
     // Retried later by a sender that trusts the CA, through STARTTLS, with another reply.
