@@ -76,6 +76,85 @@ async fn cached<T: Clone>(
     Ok(loaded)
 }
 
+/// What composing outgoing messages of one organization reads from the database, read for
+/// a whole claim at once: five statements for the claim instead of five for every mail.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    org: Option<orgs::Org>,
+    inboxes: HashMap<i64, orgs::Inbox>,
+    messages: HashMap<i64, tickets::Message>,
+    tickets: HashMap<i64, tickets::Ticket>,
+    customers: HashMap<i64, tickets::Customer>,
+    /// Each ticket's Message-IDs with the ids of their messages, oldest first.
+    threads: HashMap<i64, Vec<(i64, String)>>,
+    attachments: HashMap<i64, Vec<tickets::Attachment>>,
+}
+
+impl Inputs {
+    /// Reads what composing `message_ids` of organization `org_id` needs.
+    pub async fn load(
+        tx: &mut Tx,
+        directory: &Directory,
+        org_id: i64,
+        message_ids: &[i64],
+    ) -> Result<Inputs, StoreError> {
+        let messages: HashMap<i64, tickets::Message> =
+            tickets::messages_by_ids(tx, org_id, message_ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
+        let ticket_ids = distinct(messages.values().map(|m| m.ticket_id));
+        let tickets: HashMap<i64, tickets::Ticket> =
+            tickets::tickets_by_ids(tx, org_id, &ticket_ids)
+                .await?
+                .into_iter()
+                .map(|t| (t.id, t))
+                .collect();
+        let customer_ids = distinct(tickets.values().map(|t| t.customer_id));
+        let customers = tickets::customers_by_ids(tx, org_id, &customer_ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        let mut threads: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
+        for (ticket_id, id, header) in
+            tickets::message_ids_of_tickets(tx, org_id, &ticket_ids).await?
+        {
+            threads.entry(ticket_id).or_default().push((id, header));
+        }
+        let mut attachments: HashMap<i64, Vec<tickets::Attachment>> = HashMap::new();
+        for a in tickets::attachments_of_messages(tx, org_id, message_ids).await? {
+            if let Some(message_id) = a.message_id {
+                attachments.entry(message_id).or_default().push(a);
+            }
+        }
+        let org = directory.org(tx, org_id).await?;
+        let mut inboxes = HashMap::new();
+        for inbox_id in distinct(tickets.values().map(|t| t.inbox_id)) {
+            if let Some(inbox) = directory.inbox(tx, inbox_id).await? {
+                inboxes.insert(inbox_id, inbox);
+            }
+        }
+        Ok(Inputs {
+            org,
+            inboxes,
+            messages,
+            tickets,
+            customers,
+            threads,
+            attachments,
+        })
+    }
+}
+
+fn distinct(ids: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut ids: Vec<i64> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Builds the mail for outgoing message `message_id` of organization `org_id`.
 pub async fn compose(
     tx: &mut Tx,
@@ -85,25 +164,37 @@ pub async fn compose(
     org_id: i64,
     message_id: i64,
 ) -> Result<Outgoing, ComposeError> {
-    let row = crate::store::views::message(tx, org_id, message_id)
-        .await?
+    let inputs = Inputs::load(tx, directory, org_id, &[message_id]).await?;
+    build(&inputs, blobs, tokens, org_id, message_id)
+}
+
+/// Builds the mail for outgoing message `message_id` of organization `org_id` from `inputs`.
+pub fn build(
+    inputs: &Inputs,
+    blobs: &dyn BlobStore,
+    tokens: &ReplyTokens,
+    org_id: i64,
+    message_id: i64,
+) -> Result<Outgoing, ComposeError> {
+    let row = inputs
+        .messages
+        .get(&message_id)
         .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} does not exist")))?;
-    let ticket = tickets::ticket_by_id(tx, org_id, row.ticket_id)
-        .await?
+    let ticket = inputs
+        .tickets
+        .get(&row.ticket_id)
         .ok_or_else(|| ComposeError::Invalid(format!("message {message_id} has no ticket")))?;
-    let org = directory
-        .org(tx, org_id)
-        .await?
+    let org = inputs
+        .org
+        .as_ref()
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} does not exist")))?;
-    let inbox = directory.inbox(tx, ticket.inbox_id).await?.ok_or_else(|| {
+    let inbox = inputs.inboxes.get(&ticket.inbox_id).ok_or_else(|| {
         ComposeError::Invalid(format!("inbox {} does not exist", ticket.inbox_id))
     })?;
-    let customer = tickets::customer_by_id(tx, org_id, ticket.customer_id)
-        .await?
-        .ok_or_else(|| {
-            ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id))
-        })?;
-    let domain = crate::store::replies::reply_domain(&org, &ticket)
+    let customer = inputs.customers.get(&ticket.customer_id).ok_or_else(|| {
+        ComposeError::Invalid(format!("customer {} does not exist", ticket.customer_id))
+    })?;
+    let domain = crate::store::replies::reply_domain(org, ticket)
         .ok_or_else(|| ComposeError::Invalid(format!("organization {org_id} has no domain")))?;
 
     let own = |local: &str| -> Result<Address, ComposeError> {
@@ -157,7 +248,17 @@ pub async fn compose(
 
     // Threading: In-Reply-To the latest earlier message with an id, References the root and
     // the most recent ones.
-    let ids = tickets::message_ids_before(tx, org_id, ticket.id, row.id).await?;
+    let ids: Vec<String> = inputs
+        .threads
+        .get(&ticket.id)
+        .map(|thread| {
+            thread
+                .iter()
+                .filter(|(id, _)| *id < row.id)
+                .map(|(_, header)| header.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let references: Vec<String> = if ids.len() > MAX_REFERENCES {
         let mut r = vec![ids[0].clone()];
         r.extend(ids[ids.len() - (MAX_REFERENCES - 1)..].iter().cloned());
@@ -215,7 +316,11 @@ pub async fn compose(
         let html = crate::pipeline::parse::sanitize_html(&row.content_html, &Default::default());
         MultiPart::alternative_plain_html(text, html)
     };
-    let attachments = tickets::list_attachments(tx, org_id, message_id).await?;
+    let attachments = inputs
+        .attachments
+        .get(&message_id)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let message = if attachments.is_empty() {
         builder.multipart(body)
     } else {

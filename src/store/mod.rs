@@ -55,6 +55,39 @@ where
     q.push(")");
 }
 
+/// The rows of `select`, which ends where the organization's id goes, whose `column` is one
+/// of `keys`, followed by `tail` (an `ORDER BY`, or empty): one statement per [`MAX_ROWS`]
+/// keys, so the order holds within each statement's rows.
+pub(crate) async fn select_in<T, K>(
+    tx: &mut Tx,
+    select: &str,
+    org_id: i64,
+    column: &str,
+    keys: &[K],
+    tail: &str,
+) -> Result<Vec<T>, StoreError>
+where
+    T: Send + Unpin,
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    K: Clone + Send + Sync,
+    K: for<'t> sqlx::Encode<'t, Sqlite> + sqlx::Type<Sqlite>,
+    K: for<'t> sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+{
+    let mut found = Vec::new();
+    for chunk in keys.chunks(MAX_ROWS) {
+        let rows: Vec<T> = crate::with_tx!(tx, |c| {
+            let mut q = sqlx::QueryBuilder::new(select);
+            q.push_bind(org_id).push(" AND ").push(column);
+            push_in_list(&mut q, chunk);
+            q.push(tail);
+            q.build_query_as().fetch_all(c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
 /// Runs `$body` with `$c` bound to the transaction's connection, once per backend, after
 /// writing the rows the transaction holds back ([`pending`]): every statement sees every
 /// earlier write of its transaction. `$body` evaluates to a `Result<_, sqlx::Error>`.

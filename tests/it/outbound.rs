@@ -218,6 +218,153 @@ async fn acknowledgement_once_per_sender_never_to_auto_replies_or_spam() {
     gw.cleanup().await;
 }
 
+/// What the test reads of a composed mail: Message-ID, In-Reply-To, References, To, Cc and
+/// the attachments' names.
+type Composed = (String, String, String, String, String, Vec<String>);
+
+/// The sender reads a whole claim's replies in one go; each mail must still be built from
+/// its own message, ticket, thread and attachments, as when composed alone.
+async fn a_claim_read_together_composes_each_reply_as_alone(db: Db) {
+    use initdesk_gateway::outbox::compose::{self, Directory, Inputs};
+    use initdesk_gateway::store::blobs::BlobStore;
+
+    let gw = TestGateway::new(db).await;
+    let org = acme(&gw.store).await;
+    let first = open_ticket(&gw, "a@customer.test", "first").await;
+    let second = open_ticket(&gw, "b@customer.test", "second").await;
+    let blobs = FsBlobStore::new(gw.dir.path().join("blobs"));
+    let sha = blobs.put(b"the report").expect("blob");
+    let mut tx = gw.store.begin().await.expect("begin");
+    tickets::insert_uploaded_attachment(
+        &mut tx,
+        org,
+        "upload-1",
+        "report.txt",
+        "text/plain",
+        10,
+        &sha,
+    )
+    .await
+    .expect("upload");
+    tx.commit().await.expect("commit");
+    let one = reply_on(&gw.store, org, first, "One.").await;
+    let mut tx = gw.store.begin().await.expect("begin");
+    let two = agent::reply(
+        &mut tx,
+        org,
+        first,
+        &NewReply {
+            content: "Two, with the report.".into(),
+            attachment_ids: vec!["upload-1".into()],
+            ..NewReply::default()
+        },
+    )
+    .await
+    .expect("reply")
+    .message_id;
+    let three = agent::reply(
+        &mut tx,
+        org,
+        second,
+        &NewReply {
+            content: "Three.".into(),
+            external_recipient_emails: Some(vec!["c@other.test".into()]),
+            ..NewReply::default()
+        },
+    )
+    .await
+    .expect("reply")
+    .message_id;
+    tx.commit().await.expect("commit");
+
+    let directory = Directory::default();
+    let tokens = gw.pipeline.tokens();
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let together = Inputs::load(&mut tx, &directory, org, &[three, one, two])
+        .await
+        .expect("read together");
+    let mut mails = Vec::new();
+    for id in [one, two, three] {
+        let built = compose::build(&together, &blobs, tokens, org, id).expect("build");
+        let alone = compose::compose(&mut tx, &blobs, tokens, &directory, org, id)
+            .await
+            .expect("compose alone");
+        let (built_text, alone_text) = (built.message.formatted(), alone.message.formatted());
+        let (b, a) = (
+            mail_parser::MessageParser::default()
+                .parse(&built_text)
+                .expect("parse"),
+            mail_parser::MessageParser::default()
+                .parse(&alone_text)
+                .expect("parse"),
+        );
+        for header in [
+            "To",
+            "Cc",
+            "From",
+            "Reply-To",
+            "Subject",
+            "Message-ID",
+            "In-Reply-To",
+            "References",
+        ] {
+            assert_eq!(
+                b.header_raw(header).map(str::trim),
+                a.header_raw(header).map(str::trim),
+                "{header} of message {id}"
+            );
+        }
+        assert_eq!(built.envelope, alone.envelope, "envelope of message {id}");
+        let names: Vec<String> = b
+            .attachments()
+            .filter_map(|p| mail_parser::MimeHeaders::attachment_name(p).map(str::to_string))
+            .collect();
+        mails.push((
+            b.header_raw("Message-ID")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            b.header_raw("In-Reply-To")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            b.header_raw("References").unwrap_or_default().to_string(),
+            b.header_raw("To").unwrap_or_default().to_string(),
+            b.header_raw("Cc").unwrap_or_default().to_string(),
+            names,
+        ));
+    }
+    tx.rollback().await.expect("rollback");
+    let [
+        (id_one, _, _, to_one, _, files_one),
+        (_, reply_two, refs_two, _, _, files_two),
+        (id_three, _, refs_three, to_three, cc_three, files_three),
+    ]: [Composed; 3] = mails.try_into().expect("three mails");
+    assert_eq!(reply_two, id_one, "the second reply answers the first");
+    assert!(
+        !refs_three.contains(&id_one) && !refs_two.contains(&id_three),
+        "threads stay apart"
+    );
+    assert!(to_one.contains("a@customer.test") && to_three.contains("b@customer.test"));
+    assert!(cc_three.contains("c@other.test"));
+    assert_eq!(files_two, vec!["report.txt".to_string()]);
+    assert!(
+        files_one.is_empty() && files_three.is_empty(),
+        "only the second carries the report"
+    );
+    gw.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_read_together_composes_each_reply_as_alone_sqlite() {
+    a_claim_read_together_composes_each_reply_as_alone(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_read_together_composes_each_reply_as_alone_postgres() {
+    a_claim_read_together_composes_each_reply_as_alone(Db::Postgres).await;
+}
+
 /// A relay that never answers: retries with backoff, then the message is marked failed and
 /// a system note on its ticket says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
