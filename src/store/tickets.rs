@@ -530,19 +530,15 @@ pub async fn existing_dedupe_keys(
     org_id: i64,
     keys: &[&str],
 ) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(super::MAX_ROWS) {
-        let rows: Vec<(String, i64, i64)> = with_tx!(tx, |c| {
-            let mut q = sqlx::QueryBuilder::new(
-                "SELECT dedupe_key, ticket_id, id FROM messages WHERE organization_id = ",
-            );
-            q.push_bind(org_id).push(" AND dedupe_key");
-            super::push_in_list(&mut q, chunk);
-            q.build_query_as().fetch_all(c).await
-        })?;
-        found.extend(rows);
-    }
-    Ok(found)
+    super::select_in(
+        tx,
+        "SELECT dedupe_key, ticket_id, id FROM messages WHERE organization_id = ",
+        org_id,
+        "dedupe_key",
+        keys,
+        "",
+    )
+    .await
 }
 
 /// A customer with the normalized address it was found by.
@@ -559,19 +555,15 @@ pub async fn customers_by_emails(
     org_id: i64,
     norms: &[&str],
 ) -> Result<Vec<CustomerByEmail>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in norms.chunks(super::MAX_ROWS) {
-        let rows: Vec<CustomerByEmail> = with_tx!(tx, |c| {
-            let mut q = sqlx::QueryBuilder::new(
-                "SELECT email_norm, id, organization_id, name, email, is_spam FROM customers WHERE organization_id = ",
-            );
-            q.push_bind(org_id).push(" AND email_norm");
-            super::push_in_list(&mut q, chunk);
-            q.build_query_as().fetch_all(c).await
-        })?;
-        found.extend(rows);
-    }
-    Ok(found)
+    super::select_in(
+        tx,
+        "SELECT email_norm, id, organization_id, name, email, is_spam FROM customers WHERE organization_id = ",
+        org_id,
+        "email_norm",
+        norms,
+        "",
+    )
+    .await
 }
 
 /// When each of these customers opened a ticket by mail after `since`: (customer id, time).
