@@ -150,6 +150,22 @@ impl StoreError {
         }
     }
 
+    /// True when SQLite reported the database busy or locked by another connection.
+    pub fn is_busy(&self) -> bool {
+        use sqlx::migrate::MigrateError;
+        let e = match self {
+            StoreError::Db(e)
+            | StoreError::Migrate(MigrateError::Execute(e))
+            | StoreError::Migrate(MigrateError::ExecuteMigration(e, _)) => e,
+            _ => return false,
+        };
+        // SQLite's primary codes (the extended code's low byte): BUSY 5, LOCKED 6.
+        matches!(e, sqlx::Error::Database(d) if d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|n| matches!(n & 0xff, 5 | 6)))
+    }
+
     /// True for a unique-key violation (a concurrent insert of the same row).
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
@@ -626,10 +642,35 @@ pub fn clean_text(s: &str) -> String {
 
 /// Opens the configured store, runs migrations, and returns it.
 pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-    let store = Store::connect(url, max_connections).await?;
-    store.migrate().await?;
-    Ok(store)
+    // An MTA starts several `deliver`s at once, each opening the same SQLite file: one can
+    // find it locked by another's set-up in a way SQLite does not wait out (its switch to
+    // WAL on a new file, a read that must become a write). That passes within moments.
+    let give_up = std::time::Instant::now() + OPEN_BUSY_FOR;
+    loop {
+        let store = Store::connect(url, max_connections).await;
+        let result = match store {
+            Ok(store) => match store.migrate().await {
+                Ok(()) => return Ok(store),
+                Err(e) => {
+                    store.close().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if e.is_busy() && std::time::Instant::now() < give_up => {
+                tracing::debug!(error = %e, "database busy while opening; trying again");
+                let wait = rand::Rng::random_range(&mut rand::rng(), 10..60);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How long opening the database is tried again while SQLite reports it busy or locked.
+const OPEN_BUSY_FOR: Duration = Duration::from_secs(10);
 
 /// True when `path` looks like a SQLite URL's file (used to prepare folders).
 pub fn sqlite_path(url: &str) -> Option<&Path> {
