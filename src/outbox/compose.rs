@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::pipeline::thread::ReplyTokens;
 use crate::store::blobs::BlobStore;
 use crate::store::tickets;
-use crate::store::{StoreError, Tx, orgs, parse_json_list};
+use crate::store::{StoreError, Tx, orgs, parse_json_list, views};
 
 /// Why a message cannot be composed.
 #[derive(Debug, thiserror::Error)]
@@ -99,20 +99,19 @@ impl Inputs {
         message_ids: &[i64],
     ) -> Result<Inputs, StoreError> {
         let messages: HashMap<i64, tickets::Message> =
-            tickets::messages_by_ids(tx, org_id, message_ids)
+            views::messages_by_ids(tx, org_id, message_ids)
                 .await?
                 .into_iter()
                 .map(|m| (m.id, m))
                 .collect();
-        let ticket_ids = distinct(messages.values().map(|m| m.ticket_id));
-        let tickets: HashMap<i64, tickets::Ticket> =
-            tickets::tickets_by_ids(tx, org_id, &ticket_ids)
-                .await?
-                .into_iter()
-                .map(|t| (t.id, t))
-                .collect();
-        let customer_ids = distinct(tickets.values().map(|t| t.customer_id));
-        let customers = tickets::customers_by_ids(tx, org_id, &customer_ids)
+        let ticket_ids: Vec<i64> = messages.values().map(|m| m.ticket_id).collect();
+        let tickets: HashMap<i64, tickets::Ticket> = views::tickets_by_ids(tx, org_id, &ticket_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let customer_ids: Vec<i64> = tickets.values().map(|t| t.customer_id).collect();
+        let customers = views::customers_by_ids(tx, org_id, &customer_ids)
             .await?
             .into_iter()
             .map(|c| (c.id, c))
@@ -124,16 +123,19 @@ impl Inputs {
             threads.entry(ticket_id).or_default().push((id, header));
         }
         let mut attachments: HashMap<i64, Vec<tickets::Attachment>> = HashMap::new();
-        for a in tickets::attachments_of_messages(tx, org_id, message_ids).await? {
+        for a in views::attachments_of_messages(tx, org_id, message_ids).await? {
             if let Some(message_id) = a.message_id {
                 attachments.entry(message_id).or_default().push(a);
             }
         }
         let org = directory.org(tx, org_id).await?;
         let mut inboxes = HashMap::new();
-        for inbox_id in distinct(tickets.values().map(|t| t.inbox_id)) {
-            if let Some(inbox) = directory.inbox(tx, inbox_id).await? {
-                inboxes.insert(inbox_id, inbox);
+        for ticket in tickets.values() {
+            if inboxes.contains_key(&ticket.inbox_id) {
+                continue;
+            }
+            if let Some(inbox) = directory.inbox(tx, ticket.inbox_id).await? {
+                inboxes.insert(ticket.inbox_id, inbox);
             }
         }
         Ok(Inputs {
@@ -146,13 +148,6 @@ impl Inputs {
             attachments,
         })
     }
-}
-
-fn distinct(ids: impl Iterator<Item = i64>) -> Vec<i64> {
-    let mut ids: Vec<i64> = ids.collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Builds the mail for outgoing message `message_id` of organization `org_id`.

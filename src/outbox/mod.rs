@@ -144,7 +144,7 @@ impl Sender {
                         drained = jobs.len() < want;
                         let mut inputs = self.read_inputs(&jobs).await;
                         queue.extend(jobs.into_iter().map(|job| {
-                            let read = job.message_id.and_then(|_| inputs.remove(&job.id));
+                            let read = inputs.remove(&job.id);
                             (job, read)
                         }));
                     }
@@ -344,38 +344,33 @@ impl Sender {
         message_id: i64,
         inputs: Option<Arc<compose::Inputs>>,
     ) -> Result<(), Failure> {
-        let inputs = match inputs {
-            Some(inputs) => inputs,
+        let composed = match inputs {
+            Some(inputs) => compose::build(
+                &inputs,
+                self.blobs.as_ref(),
+                &self.tokens,
+                job.organization_id,
+                message_id,
+            ),
             None => {
                 let mut tx = self
                     .store
                     .begin_read()
                     .await
                     .map_err(|e| Failure::Temporary(e.to_string()))?;
-                let inputs = compose::Inputs::load(
+                let composed = compose::compose(
                     &mut tx,
+                    self.blobs.as_ref(),
+                    &self.tokens,
                     &self.directory,
                     job.organization_id,
-                    &[message_id],
+                    message_id,
                 )
                 .await;
                 let _ = tx.rollback().await;
-                Arc::new(inputs.map_err(|e| {
-                    if e.is_transient() {
-                        Failure::Temporary(e.to_string())
-                    } else {
-                        Failure::Permanent(e.to_string())
-                    }
-                })?)
+                composed
             }
-        };
-        let composed = compose::build(
-            &inputs,
-            self.blobs.as_ref(),
-            &self.tokens,
-            job.organization_id,
-            message_id,
-        )
+        }
         .map_err(|e| match e {
             ComposeError::Store(e) if e.is_transient() => Failure::Temporary(e.to_string()),
             e => Failure::Permanent(e.to_string()),

@@ -159,17 +159,20 @@ impl StoreError {
             | StoreError::Migrate(MigrateError::ExecuteMigration(e, _)) => e,
             _ => return false,
         };
-        // SQLite's primary codes (the extended code's low byte): BUSY 5, LOCKED 6.
-        matches!(e, sqlx::Error::Database(d) if d
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(|n| matches!(n & 0xff, 5 | 6)))
+        // SQLite's primary codes: BUSY 5, LOCKED 6.
+        matches!(e, sqlx::Error::Database(d) if matches!(sqlite_primary_code(d.as_ref()), Some(5 | 6)))
     }
 
     /// True for a unique-key violation (a concurrent insert of the same row).
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
     }
+}
+
+/// The primary result code of a SQLite error (the low byte of its extended code); `None`
+/// for PostgreSQL, whose codes are not numbers.
+fn sqlite_primary_code(d: &dyn sqlx::error::DatabaseError) -> Option<i64> {
+    d.code()?.parse::<i64>().ok().map(|n| n & 0xff)
 }
 
 fn db_error_is_transient(e: &sqlx::Error) -> bool {
@@ -180,12 +183,12 @@ fn db_error_is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(d) => {
-            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
-            // SQLite primary codes (low byte of the extended code): BUSY 5, LOCKED 6, NOMEM 7,
-            // READONLY 8, IOERR 10, FULL 13, CANTOPEN 14, PROTOCOL 15.
-            if let Ok(n) = code.parse::<i64>() {
-                return matches!(n & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15);
+            // SQLite primary codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8, IOERR 10, FULL 13,
+            // CANTOPEN 14, PROTOCOL 15.
+            if let Some(n) = sqlite_primary_code(d.as_ref()) {
+                return matches!(n, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15);
             }
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
             // PostgreSQL classes: 08 connection, 53 resources, 57 operator intervention,
             // 58 system error, 40001/40P01 serialization failure and deadlock.
             code.starts_with("08")
@@ -647,25 +650,22 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> 
     // WAL on a new file, a read that must become a write). That passes within moments.
     let give_up = std::time::Instant::now() + OPEN_BUSY_FOR;
     loop {
-        let store = Store::connect(url, max_connections).await;
-        let result = match store {
+        let e = match Store::connect(url, max_connections).await {
             Ok(store) => match store.migrate().await {
                 Ok(()) => return Ok(store),
                 Err(e) => {
                     store.close().await;
-                    Err(e)
+                    e
                 }
             },
-            Err(e) => Err(e),
+            Err(e) => e,
         };
-        match result {
-            Err(e) if e.is_busy() && std::time::Instant::now() < give_up => {
-                tracing::debug!(error = %e, "database busy while opening; trying again");
-                let wait = rand::Rng::random_range(&mut rand::rng(), 10..60);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            other => return other,
+        if !e.is_busy() || std::time::Instant::now() >= give_up {
+            return Err(e);
         }
+        tracing::debug!(error = %e, "database busy while opening; trying again");
+        let wait = rand::Rng::random_range(&mut rand::rng(), 10..60);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
 

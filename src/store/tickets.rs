@@ -340,43 +340,6 @@ pub async fn list_attachments(
     })?)
 }
 
-/// Messages of an organization by id (the unknown ones are absent), in no particular order.
-pub async fn messages_by_ids(
-    tx: &mut Tx,
-    org_id: i64,
-    ids: &[i64],
-) -> Result<Vec<Message>, StoreError> {
-    let select = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE organization_id = ");
-    super::select_in(tx, &select, org_id, "id", ids, "").await
-}
-
-/// Tickets of an organization by id (the unknown ones are absent), in no particular order.
-pub async fn tickets_by_ids(
-    tx: &mut Tx,
-    org_id: i64,
-    ids: &[i64],
-) -> Result<Vec<Ticket>, StoreError> {
-    let select = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE organization_id = ");
-    super::select_in(tx, &select, org_id, "id", ids, "").await
-}
-
-/// Customers of an organization by id (the unknown ones are absent), in no particular order.
-pub async fn customers_by_ids(
-    tx: &mut Tx,
-    org_id: i64,
-    ids: &[i64],
-) -> Result<Vec<Customer>, StoreError> {
-    super::select_in(
-        tx,
-        "SELECT id, organization_id, name, email, is_spam FROM customers WHERE organization_id = ",
-        org_id,
-        "id",
-        ids,
-        "",
-    )
-    .await
-}
-
 /// Every Message-ID of these tickets' messages: (ticket id, message id, Message-ID), by
 /// message id within each ticket.
 pub async fn message_ids_of_tickets(
@@ -392,23 +355,6 @@ pub async fn message_ids_of_tickets(
         "ticket_id",
         ticket_ids,
         " ORDER BY ticket_id, id",
-    )
-    .await
-}
-
-/// The attachments of these messages, each message's in the order they were added.
-pub async fn attachments_of_messages(
-    tx: &mut Tx,
-    org_id: i64,
-    message_ids: &[i64],
-) -> Result<Vec<Attachment>, StoreError> {
-    super::select_in(
-        tx,
-        "SELECT id, organization_id, ticket_id, message_id, name, content_type, size, sha256, content_id, is_inline FROM attachments WHERE organization_id = ",
-        org_id,
-        "message_id",
-        message_ids,
-        " ORDER BY message_id, created_at, id",
     )
     .await
 }

@@ -243,6 +243,24 @@ pub async fn ticket_page(
         .await)?)
 }
 
+/// The tickets with these ids (any order; ids of other organizations are not found).
+pub async fn tickets_by_ids(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[i64],
+) -> Result<Vec<Ticket>, StoreError> {
+    by_ids(tx, org_id, ids, "tickets", TICKET_COLUMNS).await
+}
+
+/// The messages with these ids (any order; ids of other organizations are not found).
+pub async fn messages_by_ids(
+    tx: &mut Tx,
+    org_id: i64,
+    ids: &[i64],
+) -> Result<Vec<Message>, StoreError> {
+    by_ids(tx, org_id, ids, "messages", MESSAGE_COLUMNS).await
+}
+
 /// Every attachment of these tickets (whichever message brought it), oldest first.
 pub async fn attachments_of_tickets(
     tx: &mut Tx,
