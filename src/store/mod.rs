@@ -170,9 +170,13 @@ impl StoreError {
 }
 
 /// The primary result code of a SQLite error (the low byte of its extended code); `None`
-/// for PostgreSQL, whose codes are not numbers.
+/// for a PostgreSQL error, whose SQLSTATE is often all digits too (08006, 40001, 53300).
 fn sqlite_primary_code(d: &dyn sqlx::error::DatabaseError) -> Option<i64> {
-    d.code()?.parse::<i64>().ok().map(|n| n & 0xff)
+    let sqlite = d.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    sqlx::error::DatabaseError::code(sqlite)?
+        .parse::<i64>()
+        .ok()
+        .map(|n| n & 0xff)
 }
 
 fn db_error_is_transient(e: &sqlx::Error) -> bool {

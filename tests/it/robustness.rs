@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use initdesk_gateway::config::LimitsConfig;
 use initdesk_gateway::pipeline::parse;
 use initdesk_gateway::pipeline::{Envelope, IngestError, Source};
+use initdesk_gateway::store::StoreError;
 use proptest::prelude::*;
 
 use crate::helpers::{Db, TestGateway, corpus_dir};
@@ -154,4 +155,37 @@ async fn garbage_through_the_whole_pipeline_is_stored_or_refused() {
         }
     }
     gw.cleanup().await;
+}
+
+/// A PostgreSQL refusal that passes (here 53300, too many connections for the role) is
+/// temporary, so the sender keeps the mail: its SQLSTATE is all digits, like SQLite's codes,
+/// and must not be read as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_error_with_a_numeric_sqlstate_is_temporary() {
+    use sqlx::Connection;
+
+    let base = crate::helpers::postgres_url();
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
+    let role = format!("limited_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("role");
+    let url = base.replacen("postgres@", &format!("{role}@"), 1);
+    let refused = sqlx::PgConnection::connect(&url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&mut admin)
+        .await
+        .expect("drop role");
+    let Err(e) = refused else {
+        panic!("a role limited to no connections connected")
+    };
+    let code = match &e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("53300"), "{e}");
+    assert!(StoreError::Db(e).is_transient());
 }
