@@ -402,7 +402,7 @@ impl Sender {
         let mut tx = self.store.begin().await?;
         for (org_id, (rows, messages)) in &by_org {
             outbox::settle_sent(&mut tx, *org_id, rows).await?;
-            tickets::set_delivery_states(&mut tx, *org_id, messages, "sent").await?;
+            tickets::record_send_progress(&mut tx, *org_id, messages, "sent").await?;
         }
         tx.commit().await
     }
@@ -427,7 +427,7 @@ impl Sender {
         )
         .await?;
         if let Some(message_id) = job.message_id {
-            tickets::set_delivery_state(&mut tx, job.organization_id, message_id, "retrying")
+            tickets::record_send_progress(&mut tx, job.organization_id, &[message_id], "retrying")
                 .await?;
         }
         tx.commit().await

@@ -917,15 +917,27 @@ pub async fn set_delivery_state(
     message_id: i64,
     state: &str,
 ) -> Result<(), StoreError> {
-    set_delivery_states(tx, org_id, &[message_id], state).await
+    update_delivery_states(tx, org_id, &[message_id], state, false).await
 }
 
-/// Sets the delivery state of several outgoing messages of organization `org_id`.
-pub async fn set_delivery_states(
+/// Records the sender's progress (`sent`, `retrying`) on messages still waiting for it
+/// (`queued`, `retrying`). A bounce's `failed` stays: the relay's `250` can be recorded
+/// after the DSN it led to was read, and the DSN is the later news.
+pub async fn record_send_progress(
     tx: &mut Tx,
     org_id: i64,
     message_ids: &[i64],
     state: &str,
+) -> Result<(), StoreError> {
+    update_delivery_states(tx, org_id, message_ids, state, true).await
+}
+
+async fn update_delivery_states(
+    tx: &mut Tx,
+    org_id: i64,
+    message_ids: &[i64],
+    state: &str,
+    only_while_sending: bool,
 ) -> Result<(), StoreError> {
     let ts = now();
     for chunk in message_ids.chunks(super::MAX_ROWS) {
@@ -935,8 +947,11 @@ pub async fn set_delivery_states(
                 .push(", updated_at = ")
                 .push_bind(ts)
                 .push(" WHERE organization_id = ")
-                .push_bind(org_id)
-                .push(" AND id");
+                .push_bind(org_id);
+            if only_while_sending {
+                q.push(" AND delivery_state IN ('queued', 'retrying')");
+            }
+            q.push(" AND id");
             super::push_in_list(&mut q, chunk);
             q.build().execute(c).await.map(|r| r.rows_affected())
         })?;

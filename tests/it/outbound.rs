@@ -574,6 +574,76 @@ async fn replies_handed_over_during_a_database_outage_are_marked_sent_once_it_is
     gw.cleanup().await;
 }
 
+/// A DSN read while the sender has yet to record the relay's `250` (a local relay bounces
+/// within milliseconds) leaves the reply failed: the later `sent` mark does not undo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_read_before_the_sent_mark_keeps_the_reply_failed() {
+    let gw = TestGateway::new(Db::Sqlite).await;
+    let org = acme(&gw.store).await;
+    let ticket_id = open_ticket(&gw, "ghost@customer.test", "bounce race").await;
+    let reply = reply_on(&gw.store, org, ticket_id, "Hello?").await;
+    let (port, received, release) = holding_relay().await;
+    let stop = CancellationToken::new();
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
+    let start = Instant::now();
+    while received.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the relay got no mail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let verp = format!(
+        "support+{}@acme.test",
+        gw.pipeline.tokens().bounce_detail(org, reply)
+    );
+    let dsn = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@customer.test>\r\nTo: {verp}\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n\
+         --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; customer.test\r\n\r\n\
+         Final-Recipient: rfc822; ghost@customer.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n--b--\r\n"
+    );
+    let outcome = gw
+        .pipeline
+        .ingest(dsn.as_bytes(), &Envelope::to(&verp, Source::Replay))
+        .await
+        .expect("ingest the DSN");
+    assert!(
+        matches!(outcome, Outcome::Bounce { linked_message_id: Some(id) } if id == reply),
+        "{outcome:?}"
+    );
+    release.send(true).expect("release");
+    wait_outbox(
+        &gw.store,
+        org,
+        Duration::from_secs(20),
+        |s| s.iter().all(|s| s.1 == "sent"),
+        || "the relay's 250 not recorded".into(),
+    )
+    .await;
+    stop.cancel();
+    task.await.expect("sender");
+    let mut tx = gw.store.begin_read().await.expect("begin");
+    let messages = tickets::list_messages(&mut tx, org, ticket_id)
+        .await
+        .expect("messages");
+    tx.rollback().await.expect("rollback");
+    let state = messages
+        .iter()
+        .find(|m| m.id == reply)
+        .and_then(|m| m.delivery_state.clone());
+    assert_eq!(state.as_deref(), Some("failed"), "{messages:#?}");
+    assert!(
+        messages.iter().any(|m| m.role == "system"),
+        "the bounce is noted on the ticket"
+    );
+    gw.cleanup().await;
+}
+
 /// Two instances' senders share one PostgreSQL outbox: 40 replies reach the customer's real
 /// mailbox exactly once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
