@@ -490,15 +490,19 @@ impl Session {
         let mail_from = self.mail_from.take();
         let rcpts = std::mem::take(&mut self.rcpts);
         if too_big {
-            let line = format!(
-                "552 5.3.4 Message size exceeds the limit of {} bytes",
+            let text = format!(
+                "Message size exceeds the limit of {} bytes",
                 self.cfg.max_message_bytes
             );
-            self.reply(&line);
+            self.refuse_data(&rcpts, "552 5.3.4", &text);
             return Some(());
         }
         if smuggling.found {
-            self.reply("550 5.6.11 Message refused: bare CR or LF in DATA (SMTP requires CRLF line endings)");
+            self.refuse_data(
+                &rcpts,
+                "550 5.6.11",
+                "Message refused: bare CR or LF in DATA (SMTP requires CRLF line endings)",
+            );
             return Some(());
         }
         let source = if self.cfg.lmtp {
@@ -537,6 +541,19 @@ impl Session {
             self.reply(&line);
         }
         Some(())
+    }
+
+    /// Refuses a received message: once over SMTP, once per recipient over LMTP, whose
+    /// client waits for as many replies as it had recipients accepted (RFC 2033 4.2).
+    fn refuse_data(&mut self, rcpts: &[String], code: &str, text: &str) {
+        if self.cfg.lmtp {
+            for rcpt in rcpts {
+                let line = format!("{code}{} {text}", recipient_tag(Some(rcpt)));
+                self.reply(&line);
+            }
+        } else {
+            self.reply(&format!("{code} {text}"));
+        }
     }
 
     /// The trace header a receiving MTA adds (RFC 5321 4.4), so a person can see how the mail came.
@@ -585,17 +602,21 @@ fn summary_reply(results: &[Result<Outcome, IngestError>]) -> String {
     )
 }
 
+/// ` <recipient>` for an LMTP reply about one recipient (printable ASCII only); empty for SMTP.
+fn recipient_tag(rcpt: Option<&str>) -> String {
+    rcpt.map(|r| {
+        format!(
+            " <{}>",
+            r.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .collect::<String>()
+        )
+    })
+    .unwrap_or_default()
+}
+
 fn reply_for(result: &Result<Outcome, IngestError>, rcpt: Option<&str>) -> String {
-    let who = rcpt
-        .map(|r| {
-            format!(
-                " <{}>",
-                r.chars()
-                    .filter(|c| c.is_ascii_graphic())
-                    .collect::<String>()
-            )
-        })
-        .unwrap_or_default();
+    let who = recipient_tag(rcpt);
     match result {
         Ok(outcome) => format!("250 2.0.0{who} OK: {}", outcome.kind()),
         Err(IngestError::Temporary(_)) => {
