@@ -123,6 +123,28 @@ async fn reply_on(store: &Store, org: i64, ticket_id: i64, text: &str) -> i64 {
     created.message_id
 }
 
+/// The messages of a ticket, read in a transaction of their own.
+async fn messages_of(store: &Store, org: i64, ticket_id: i64) -> Vec<tickets::Message> {
+    let mut tx = store.begin_read().await.expect("begin");
+    let messages = tickets::list_messages(&mut tx, org, ticket_id)
+        .await
+        .expect("messages");
+    tx.rollback().await.expect("rollback");
+    messages
+}
+
+/// Waits until a [`holding_relay`] has read `n` mails; fails after 20 s.
+async fn wait_received(received: &std::sync::atomic::AtomicUsize, n: usize) {
+    let start = Instant::now();
+    while received.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the relay got no mail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgement_once_per_sender_never_to_auto_replies_or_spam() {
     let gw = TestGateway::new(Db::Sqlite).await;
@@ -391,11 +413,7 @@ async fn sender_retries_then_gives_up_with_a_note() {
     assert!(!error.is_empty());
     stop.cancel();
     task.await.expect("sender");
-    let mut tx = gw.store.begin_read().await.expect("begin");
-    let messages = tickets::list_messages(&mut tx, org, ticket_id)
-        .await
-        .expect("messages");
-    tx.rollback().await.expect("rollback");
+    let messages = messages_of(&gw.store, org, ticket_id).await;
     let reply = messages.iter().find(|m| m.id == message_id).expect("reply");
     assert_eq!(reply.delivery_state.as_deref(), Some("failed"));
     let note = messages
@@ -446,11 +464,7 @@ async fn a_stopped_sender_records_every_handed_over_reply() {
     );
     let sent = states.iter().filter(|s| s.1 == "sent").count();
     assert!(sent > 0, "{states:?}");
-    let mut tx = gw.store.begin_read().await.expect("begin");
-    let messages = tickets::list_messages(&mut tx, org, ticket_id)
-        .await
-        .expect("messages");
-    tx.rollback().await.expect("rollback");
+    let messages = messages_of(&gw.store, org, ticket_id).await;
     let marked = messages
         .iter()
         .filter(|m| replies.contains(&m.id) && m.delivery_state.as_deref() == Some("sent"))
@@ -534,14 +548,7 @@ async fn replies_handed_over_during_a_database_outage_are_marked_sent_once_it_is
     let stop = CancellationToken::new();
     let relay = format!("smtp://127.0.0.1:{port}");
     let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
-    let start = Instant::now();
-    while received.load(std::sync::atomic::Ordering::SeqCst) < N {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the relay got no mail"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_received(&received, N).await;
     let mut outage = ImmutableFiles::of_database(&gw.dir.path().join("gateway.db"));
     outage.break_db();
     release.send(true).expect("release");
@@ -586,14 +593,7 @@ async fn a_bounce_read_before_the_sent_mark_keeps_the_reply_failed() {
     let stop = CancellationToken::new();
     let relay = format!("smtp://127.0.0.1:{port}");
     let task = tokio::spawn(sender(&gw, &gw.store, settings(relay, 5, "one")).run(stop.clone()));
-    let start = Instant::now();
-    while received.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the relay got no mail"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_received(&received, 1).await;
     let verp = format!(
         "support+{}@acme.test",
         gw.pipeline.tokens().bounce_detail(org, reply)
@@ -627,11 +627,7 @@ async fn a_bounce_read_before_the_sent_mark_keeps_the_reply_failed() {
     .await;
     stop.cancel();
     task.await.expect("sender");
-    let mut tx = gw.store.begin_read().await.expect("begin");
-    let messages = tickets::list_messages(&mut tx, org, ticket_id)
-        .await
-        .expect("messages");
-    tx.rollback().await.expect("rollback");
+    let messages = messages_of(&gw.store, org, ticket_id).await;
     let state = messages
         .iter()
         .find(|m| m.id == reply)
