@@ -948,19 +948,25 @@ struct Conversation {
     addr: SocketAddr,
     /// LMTP: LHLO instead of EHLO, no HELO, one reply per recipient after DATA.
     lmtp: bool,
+    /// Commands go out without waiting for their replies where RFC 2920 allows it.
+    pipelining: bool,
+    /// Replies owed to pipelined commands: what was sent and the codes it may get.
+    queued: Vec<(String, Vec<u16>)>,
     client: Client,
     model: Model,
     transcript: Vec<String>,
 }
 
 impl Conversation {
-    async fn open(addr: SocketAddr, lmtp: bool, stored: usize) -> Conversation {
+    async fn open(addr: SocketAddr, lmtp: bool, pipelining: bool, stored: usize) -> Conversation {
         let mut client = Client::connect(addr).await;
         let (code, text) = client.reply().await;
         assert_eq!(code, 220, "greeting: {text}");
         Conversation {
             addr,
             lmtp,
+            pipelining,
+            queued: Vec::new(),
             client,
             model: Model {
                 stored,
@@ -974,7 +980,12 @@ impl Conversation {
     async fn reopen(&mut self) {
         let stored = self.model.stored;
         let transcript = std::mem::take(&mut self.transcript);
-        *self = Conversation::open(self.addr, self.lmtp, stored).await;
+        assert!(
+            self.queued.is_empty(),
+            "replies still owed: {:?}",
+            self.queued
+        );
+        *self = Conversation::open(self.addr, self.lmtp, self.pipelining, stored).await;
         self.transcript = transcript;
     }
 
@@ -986,7 +997,25 @@ impl Conversation {
         self.client.send_bytes(&bytes[cut..]).await;
     }
 
+    /// Reads the replies of pipelined commands, then the next one, which must be one of `codes`.
     async fn expect(&mut self, what: &str, codes: &[u16]) -> u16 {
+        for (what, codes) in std::mem::take(&mut self.queued) {
+            self.read_expected(&what, &codes).await;
+        }
+        self.read_expected(what, codes).await
+    }
+
+    /// Expects a reply later when pipelining (RFC 2920: after EHLO, the client may send on
+    /// without waiting), now otherwise.
+    async fn expect_soon(&mut self, what: &str, codes: &[u16]) {
+        if self.pipelining && self.model.greeted {
+            self.queued.push((what.to_string(), codes.to_vec()));
+        } else {
+            self.expect(what, codes).await;
+        }
+    }
+
+    async fn read_expected(&mut self, what: &str, codes: &[u16]) -> u16 {
         let (code, text) = self.client.reply().await;
         self.transcript.push(format!("{what} -> {code} {text}"));
         assert!(
@@ -999,7 +1028,7 @@ impl Conversation {
 
     /// A refused command: counts towards the error limit, which closes the session.
     async fn expect_error(&mut self, what: &str, codes: &[u16]) {
-        self.expect(what, codes).await;
+        self.expect_soon(what, codes).await;
         self.model.errors += 1;
         if self.model.errors >= PROP_MAX_ERRORS {
             self.expect("error limit", &[421]).await;
@@ -1050,7 +1079,7 @@ impl Conversation {
                     _ if !greeted || has_sender => self.expect_error("MAIL", &[503]).await,
                     MailKind::OverSize => self.expect_error("MAIL SIZE", &[552]).await,
                     _ => {
-                        self.expect("MAIL", &[250]).await;
+                        self.expect_soon("MAIL", &[250]).await;
                         self.model.sender = Some(*kind);
                     }
                 }
@@ -1066,11 +1095,11 @@ impl Conversation {
                     RcptKind::BadSyntax => self.expect_error("RCPT bad", &[501]).await,
                     _ if !has_sender => self.expect_error("RCPT", &[503]).await,
                     _ if full => {
-                        self.expect("RCPT over the limit", &[452]).await;
+                        self.expect_soon("RCPT over the limit", &[452]).await;
                     }
                     RcptKind::Unknown(_) => self.expect_error("RCPT unknown", &[550]).await,
                     RcptKind::Known(_) => {
-                        self.expect("RCPT", &[250]).await;
+                        self.expect_soon("RCPT", &[250]).await;
                         self.model.rcpts += 1;
                     }
                 }
@@ -1114,13 +1143,13 @@ impl Conversation {
             }
             Step::Rset => {
                 self.command("RSET", cut).await;
-                self.expect("RSET", &[250]).await;
+                self.expect_soon("RSET", &[250]).await;
                 self.model.sender = None;
                 self.model.rcpts = 0;
             }
             Step::Harmless(line, code) => {
                 self.command(line, cut).await;
-                self.expect(line, &[*code]).await;
+                self.expect_soon(line, &[*code]).await;
             }
             Step::Quit => {
                 self.command("QUIT", cut).await;
@@ -1218,8 +1247,8 @@ async fn half_stored(pool: &sqlx::SqlitePool) -> i64 {
 }
 
 /// Random conversations (valid, refused and garbage commands, messages in pieces, bare LFs,
-/// oversized mail, clients vanishing mid-DATA) get the reply a model of the protocol
-/// expects, every delivery answered 250 after DATA is stored once, nothing is half-stored,
+/// oversized mail, clients vanishing mid-DATA; half of them pipelined) get the reply a model
+/// of the protocol expects, every delivery answered 250 after DATA is stored once, nothing is half-stored,
 /// and the listener serves on.
 #[test]
 fn random_smtp_conversations_get_the_modelled_replies_and_every_250_is_stored() {
@@ -1248,7 +1277,7 @@ fn random_conversations(lmtp: bool) {
         .block_on(sqlx::SqlitePool::connect(&server.gw.url))
         .expect("pool");
     let addr = server.addr;
-    let strategy = conversation();
+    let strategy = (proptest::prelude::any::<bool>(), conversation());
     let mut runner = TestRunner::new(Config {
         cases: 64,
         failure_persistence: None,
@@ -1258,10 +1287,10 @@ fn random_conversations(lmtp: bool) {
         max_shrink_time: 120_000,
         ..Config::default()
     });
-    let outcome = runner.run(&strategy, |steps| {
+    let outcome = runner.run(&strategy, |(pipelining, steps)| {
         rt.block_on(async {
             let before = deliveries_recorded(&pool).await;
-            let mut conv = Conversation::open(addr, lmtp, 0).await;
+            let mut conv = Conversation::open(addr, lmtp, pipelining, 0).await;
             for (step, cut) in &steps {
                 let nonce = uuid::Uuid::new_v4().simple().to_string();
                 conv.run(step, *cut, &nonce).await;
