@@ -47,10 +47,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Bind everything before announcing readiness, so a taken port stops start-up.
     let http = bind("http.listen", &config.http.listen).await?;
     let smtp_listener = bind("smtp.listen", &config.smtp.listen).await?;
-    let lmtp_listener = if config.smtp.lmtp_listen.is_empty() {
-        None
-    } else {
-        Some(bind("smtp.lmtp_listen", &config.smtp.lmtp_listen).await?)
+    let lmtp_listener = match config.smtp.lmtp_socket() {
+        Some(path) => Some(
+            smtp::bind_unix(path, config.smtp.lmtp_socket_mode)
+                .with_context(|| format!("binding smtp.lmtp_listen unix:{}", path.display()))?,
+        ),
+        None if config.smtp.lmtp_listen.is_empty() => None,
+        None => Some(smtp::Listener::Tcp(
+            bind("smtp.lmtp_listen", &config.smtp.lmtp_listen).await?,
+        )),
     };
 
     let stopping = CancellationToken::new();
@@ -93,13 +98,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     tracing::info!(addr = %smtp_listener.local_addr()?, "SMTP listening");
     accept_loops.spawn(smtp::serve(
-        smtp_listener,
+        smtp::Listener::Tcp(smtp_listener),
         ListenerConfig::from_config(&config.smtp, false, tls.clone()),
         services.clone(),
         sessions.clone(),
     ));
     if let Some(listener) = lmtp_listener {
-        tracing::info!(addr = %listener.local_addr()?, "LMTP listening");
+        tracing::info!(addr = %listener.describe(), "LMTP listening");
         accept_loops.spawn(smtp::serve(
             listener,
             ListenerConfig::from_config(&config.smtp, true, tls.clone()),

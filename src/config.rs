@@ -75,7 +75,11 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     pub listen: String,
+    /// `address:port`, or `unix:/absolute/path` for a Unix socket; empty: no LMTP.
     pub lmtp_listen: String,
+    /// Permission bits of the LMTP Unix socket, in octal as chmod takes them.
+    #[serde(deserialize_with = "octal_mode", serialize_with = "octal_mode_text")]
+    pub lmtp_socket_mode: u32,
     pub hostname: String,
     pub max_message_bytes: u64,
     pub tls_cert: String,
@@ -294,11 +298,43 @@ impl Default for StorageConfig {
         }
     }
 }
+impl SmtpConfig {
+    /// The LMTP listener's Unix socket path, when `lmtp_listen` is `unix:/path`.
+    pub fn lmtp_socket(&self) -> Option<&Path> {
+        self.lmtp_listen.strip_prefix("unix:").map(Path::new)
+    }
+}
+
+/// A permission mode written in octal: `"0660"` in a file, or `0660` / `660` from the
+/// environment, which arrives as a number whose decimal digits are the octal ones.
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(u64),
+    }
+    let digits = match Raw::deserialize(d)? {
+        Raw::Text(t) => t,
+        Raw::Number(n) => n.to_string(),
+    };
+    let trimmed = digits.trim().trim_start_matches("0o");
+    u32::from_str_radix(trimmed, 8).map_err(|_| {
+        serde::de::Error::custom(format!("{digits:?} is not an octal mode such as \"0660\""))
+    })
+}
+
+/// Writes a permission mode the way [`octal_mode`] reads it back.
+fn octal_mode_text<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:2525".into(),
             lmtp_listen: String::new(),
+            lmtp_socket_mode: 0o660,
             hostname: "localhost".into(),
             max_message_bytes: 26_214_400,
             tls_cert: String::new(),
@@ -413,14 +449,30 @@ impl Config {
                 return bad(key, &format!("{addr:?} is not an address:port"));
             }
         }
-        if !self.smtp.lmtp_listen.is_empty()
-            && self
-                .smtp
-                .lmtp_listen
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-        {
-            return bad("smtp.lmtp_listen", "is not an address:port");
+        match self.smtp.lmtp_socket() {
+            Some(path) if !path.is_absolute() => {
+                return bad("smtp.lmtp_listen", "a unix: socket path must be absolute");
+            }
+            Some(_) => {}
+            None if !self.smtp.lmtp_listen.is_empty()
+                && self
+                    .smtp
+                    .lmtp_listen
+                    .parse::<std::net::SocketAddr>()
+                    .is_err() =>
+            {
+                return bad(
+                    "smtp.lmtp_listen",
+                    "is neither an address:port nor unix:/path",
+                );
+            }
+            None => {}
+        }
+        if self.smtp.lmtp_socket_mode > 0o777 {
+            return bad(
+                "smtp.lmtp_socket_mode",
+                "is not a permission mode (0000-0777)",
+            );
         }
         if self.smtp.tls_cert.is_empty() != self.smtp.tls_key.is_empty() {
             return bad("smtp.tls_cert", "tls_cert and tls_key must be set together");
@@ -641,5 +693,50 @@ mod tests {
             .expect_err("bad listen")
             .to_string();
         assert!(err.contains("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn shipped_config_files_load() {
+        for file in ["config/default.toml", "config/example-acme.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let loaded = Config::load(Some(&path));
+            assert!(loaded.is_ok(), "{file}: {:?}", loaded.err());
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let defaults = Config::load(Some(&path)).map(|c| c.smtp.lmtp_socket_mode);
+        assert_eq!(defaults.ok(), Some(SmtpConfig::default().lmtp_socket_mode));
+    }
+
+    fn load_smtp(toml: &str) -> Result<SmtpConfig, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, format!("[smtp]\n{toml}\n")).expect("write");
+        Config::load(Some(&path))
+            .map(|c| c.smtp)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lmtp_on_a_unix_socket() {
+        let smtp =
+            load_smtp("lmtp_listen = \"unix:/run/gw/lmtp.sock\"\nlmtp_socket_mode = \"0666\"")
+                .expect("valid");
+        assert_eq!(smtp.lmtp_socket(), Some(Path::new("/run/gw/lmtp.sock")));
+        assert_eq!(smtp.lmtp_socket_mode, 0o666);
+        assert_eq!(load_smtp("").expect("defaults").lmtp_socket_mode, 0o660);
+        assert_eq!(
+            load_smtp("lmtp_socket_mode = 600")
+                .expect("a number")
+                .lmtp_socket_mode,
+            0o600
+        );
+        let relative = load_smtp("lmtp_listen = \"unix:lmtp.sock\"").expect_err("relative");
+        assert!(relative.contains("smtp.lmtp_listen"), "{relative}");
+        let not_octal = load_smtp("lmtp_socket_mode = \"0690\"").expect_err("not octal");
+        assert!(not_octal.contains("lmtp_socket_mode"), "{not_octal}");
+        let too_big = load_smtp("lmtp_socket_mode = \"7777\"").expect_err("setuid bits");
+        assert!(too_big.contains("smtp.lmtp_socket_mode"), "{too_big}");
+        let neither = load_smtp("lmtp_listen = \"lmtp.sock\"").expect_err("no port");
+        assert!(neither.contains("unix:/path"), "{neither}");
     }
 }

@@ -852,6 +852,72 @@ fn postfix_delivers_over_lmtp() {
     }
 }
 
+/// LMTP on a Unix socket, the way an MTA on the same machine usually hands mail over
+/// (`lmtp:unix:/path`): Postfix delivers through it, the socket gets the configured mode,
+/// and a stopped gateway leaves no socket file behind.
+#[test]
+fn postfix_delivers_over_lmtp_on_a_unix_socket() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    // Postfix's lmtp client runs as the postfix user: it must reach the socket.
+    run_ok(
+        Command::new("chmod").arg("755").arg(sock_dir.path()),
+        "chmod the socket directory",
+    );
+    let socket = sock_dir.path().join("lmtp.sock");
+    // A socket file left by a killed gateway is replaced, not an error.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    let gw = Gateway::start_with(
+        None,
+        &[
+            (
+                "INITDESK_SMTP_LMTP_LISTEN",
+                format!("unix:{}", socket.display()),
+            ),
+            // From the environment the mode arrives as a number; its digits are octal ones.
+            ("INITDESK_SMTP_LMTP_SOCKET_MODE", "0666".into()),
+        ],
+    );
+    let meta = fs::symlink_metadata(&socket).expect("the LMTP socket");
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    let nexthop = format!("lmtp:unix:{}", socket.display());
+    let pf = Postfix::start_routes(
+        &RELAY_DOMAINS
+            .iter()
+            .map(|d| (d.to_string(), nexthop.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let rcpts = ["support@acme.test", "help@globex.test"];
+    submit_with_smtplib(
+        pf.port,
+        "erin@example.net",
+        &rcpts,
+        "Over the socket",
+        "Handed over through a Unix socket.",
+    );
+    let db = Db::open(&gw.db_url);
+    let acme = db.wait_for_subjects("acme.test", &["Over the socket"], &gw, &pf);
+    db.wait_for_subjects("globex.test", &["Over the socket"], &gw, &pf);
+    wait_for_empty_queue(&pf, &gw);
+    assert_eq!(only(&acme, "Over the socket").customer, "erin@example.net");
+    let log = pf.log();
+    for rcpt in rcpts {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("to=<{rcpt}>"))
+                && l.contains(&format!("status=sent (250 2.0.0 <{rcpt}> OK:"))),
+            "no LMTP delivery line for {rcpt}:\n{log}"
+        );
+    }
+    assert!(
+        gw.log().contains(&format!("unix:{}", socket.display())),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
 /// What makes the gateway's database fail, and undoes it.
 pub(crate) trait Outage {
     fn break_db(&mut self);

@@ -50,7 +50,7 @@ async fn start_with_tls(
     };
     let sessions = TaskTracker::new();
     tokio::spawn(smtp::serve(
-        listener,
+        smtp::Listener::Tcp(listener),
         ListenerConfig::from_config(&c, lmtp, tls),
         services,
         sessions.clone(),

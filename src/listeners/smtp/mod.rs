@@ -4,22 +4,23 @@
 pub mod session;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SmtpConfig;
-pub use session::{End, Services, Session, SessionConfig};
+pub use session::{End, Peer, Services, Session, SessionConfig};
 
 /// A certificate or key that could not be used; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +134,75 @@ impl Drop for IpSlot {
     }
 }
 
+/// Where a listener accepts its clients.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    /// A Unix socket (LMTP from an MTA on the same machine); its file is removed on drop.
+    Unix(UnixListener, UnixSocketFile),
+}
+
+impl Listener {
+    /// What the log names the listener by: `address:port` or the socket's path.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| format!("tcp ({e})"), |a| a.to_string()),
+            Listener::Unix(_, file) => format!("unix:{}", file.0.display()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Connection, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, addr) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((Either::Left(tcp), Peer::Tcp(addr)))
+            }
+            Listener::Unix(l, _) => Ok((Either::Right(l.accept().await?.0), Peer::Local)),
+        }
+    }
+}
+
+/// A client's byte stream, over TCP or a Unix socket.
+type Connection = Either<TcpStream, UnixStream>;
+
+/// The path of a bound Unix socket, unlinked when the listener goes away so the next start
+/// can bind it again.
+#[derive(Debug)]
+pub struct UnixSocketFile(pub PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds a Unix socket at `path` with permission bits `mode`. A socket file left by an
+/// earlier run is replaced; any other file at `path` is an error, never deleted.
+pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<Listener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let file = UnixSocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(Listener::Unix(listener, file))
+}
+
 /// Accepts connections until `services.stopping` is cancelled; sessions run on `tracker`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     config: ListenerConfig,
     services: Services,
     tracker: TaskTracker,
@@ -148,7 +215,7 @@ pub async fn serve(
             () = services.stopping.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut tcp, peer) = match accepted {
+        let (mut conn, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -158,53 +225,49 @@ pub async fn serve(
             }
         };
         let Ok(permit) = global.clone().try_acquire_owned() else {
-            refuse(tcp, "421 4.7.0 Too many connections, try again later").await;
+            refuse(conn, "421 4.7.0 Too many connections, try again later").await;
             continue;
         };
-        let Some(slot) = per_ip.take(peer.ip(), config.max_connections_per_ip) else {
-            refuse(
-                tcp,
-                "421 4.7.0 Too many connections from your address, try again later",
-            )
-            .await;
-            continue;
+        // Local clients share no address to limit by; the overall limit still holds.
+        let slot = match peer {
+            Peer::Tcp(addr) => match per_ip.take(addr.ip(), config.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(
+                        conn,
+                        "421 4.7.0 Too many connections from your address, try again later",
+                    )
+                    .await;
+                    continue;
+                }
+            },
+            Peer::Local => None,
         };
-        let _ = tcp.set_nodelay(true);
         let config = config.clone();
         let services = services.clone();
         tracker.spawn(async move {
-            handle(&mut tcp, peer, &config, services).await;
+            handle(&mut conn, peer, &config, services).await;
             drop((permit, slot));
         });
     }
 }
 
-async fn refuse(mut tcp: TcpStream, line: &str) {
+async fn refuse(mut conn: Connection, line: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = tcp.write_all(format!("{line}\r\n").as_bytes()).await;
-        let _ = tcp.shutdown().await;
+        let _ = conn.write_all(format!("{line}\r\n").as_bytes()).await;
+        let _ = conn.shutdown().await;
     })
     .await;
 }
 
-async fn handle(
-    tcp: &mut TcpStream,
-    peer: SocketAddr,
-    config: &ListenerConfig,
-    services: Services,
-) {
+async fn handle(conn: &mut Connection, peer: Peer, config: &ListenerConfig, services: Services) {
     metrics::counter!("initdesk_smtp_sessions_total").increment(1);
     metrics::gauge!("initdesk_smtp_sessions").increment(1.0);
-    converse(tcp, peer, config, services).await;
+    converse(conn, peer, config, services).await;
     metrics::gauge!("initdesk_smtp_sessions").decrement(1.0);
 }
 
-async fn converse(
-    tcp: &mut TcpStream,
-    peer: SocketAddr,
-    config: &ListenerConfig,
-    services: Services,
-) {
+async fn converse(tcp: &mut Connection, peer: Peer, config: &ListenerConfig, services: Services) {
     let mut session = Session::new(config.session.clone(), services, peer, config.tls.is_some());
     if session.run(tcp).await != End::StartTls {
         let _ = tcp.shutdown().await;

@@ -65,11 +65,47 @@ pub struct Services {
     pub large_messages: Arc<Semaphore>,
 }
 
+/// The other end of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client.
+    Tcp(SocketAddr),
+    /// A process on this machine, over a Unix socket.
+    Local,
+}
+
+impl Peer {
+    /// How the greeting names the client.
+    fn host(&self) -> String {
+        match self {
+            Peer::Tcp(addr) => addr.ip().to_string(),
+            Peer::Local => "localhost".into(),
+        }
+    }
+
+    /// The client's part of the `Received:` comment: `[address]`, or `localhost`.
+    fn received_from(&self) -> String {
+        match self {
+            Peer::Tcp(addr) => format!("[{}]", addr.ip()),
+            Peer::Local => "localhost".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Local => f.write_str("unix socket"),
+        }
+    }
+}
+
 /// The state of one conversation.
 pub struct Session {
     cfg: SessionConfig,
     services: Services,
-    peer: SocketAddr,
+    peer: Peer,
     tls_available: bool,
     tls_active: bool,
     deadline: Instant,
@@ -95,12 +131,7 @@ enum Read {
 
 impl Session {
     /// A new session with `peer`; STARTTLS is offered when `tls_available`.
-    pub fn new(
-        cfg: SessionConfig,
-        services: Services,
-        peer: SocketAddr,
-        tls_available: bool,
-    ) -> Self {
+    pub fn new(cfg: SessionConfig, services: Services, peer: Peer, tls_available: bool) -> Self {
         let deadline = Instant::now() + cfg.session_timeout;
         Self {
             cfg,
@@ -309,7 +340,7 @@ impl Session {
         };
         match request {
             Request::Ehlo { host } if !self.cfg.lmtp => {
-                let first = format!("{} Hello {}", self.cfg.hostname, self.peer.ip());
+                let first = format!("{} Hello {}", self.cfg.hostname, self.peer.host());
                 self.greet(host.into_owned(), first);
                 Act::Continue
             }
@@ -577,8 +608,8 @@ impl Session {
             (false, false) => "ESMTP",
         };
         format!(
-            "Received: from {helo} ([{}])\r\n\tby {} (initdesk-gateway) with {with}\r\n\tfor <{rcpt}>; {}\r\n",
-            self.peer.ip(),
+            "Received: from {helo} ({})\r\n\tby {} (initdesk-gateway) with {with}\r\n\tfor <{rcpt}>; {}\r\n",
+            self.peer.received_from(),
             self.cfg.hostname,
             chrono::Utc::now().to_rfc2822()
         )
