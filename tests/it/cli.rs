@@ -456,11 +456,20 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let smtp_port = free_port();
+    // systemd's side of Type=notify and WatchdogSec=1: a datagram socket the service writes to.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
     // No config file and no database variables: the embedded defaults (SQLite under ./data/).
     let child = Command::new(binary())
         .current_dir(dir.path())
         .env_remove("INITDESK_CONFIG")
         .env_remove("INITDESK_DATABASE_URL")
+        .env_remove("WATCHDOG_PID")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
         .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{smtp_port}"))
         .arg("serve")
@@ -478,6 +487,23 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     }
     let ready = ready.expect("serve answers /readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    // READY=1 once listening, then the watchdog pinged at half its interval.
+    let mut said = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let mut buf = [0u8; 256];
+                let len = notify.recv(&mut buf).expect("a notification in time");
+                String::from_utf8_lossy(&buf[..len]).trim().to_string()
+            })
+            .collect()
+    };
+    let first = said(3);
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("READY=1"),
+        "{first:?}"
+    );
+    assert!(first[1..].iter().all(|m| m == "WATCHDOG=1"), "{first:?}");
     assert!(http_get(port, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
     assert!(
         dir.path().join("data/gateway.db").exists(),
@@ -535,6 +561,19 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
+    let rest = said_after_exit(&notify);
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+/// The notifications still queued on `notify` once the service has exited.
+fn said_after_exit(notify: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    notify.set_nonblocking(true).expect("nonblocking");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(len) = notify.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..len]).trim().to_string());
+    }
+    out
 }
 
 /// An MTA starts many `deliver`s at once, each applying the config's organizations (the

@@ -789,6 +789,18 @@ fn postfix_delivers_over_smtp() {
             && log.contains("status=sent (250 2.0.0 OK: created)"),
         "Postfix handed both messages to the gateway over SMTP:\n{log}"
     );
+    // What an operator graphs: messages by outcome, replies by code, sessions, commit latency.
+    let metrics = http_get(gw.http_port, "/metrics").expect("/metrics");
+    for series in [
+        "initdesk_messages_total{outcome=\"created\"} 2",
+        "initdesk_smtp_replies_total{code=\"250\"}",
+        "initdesk_smtp_sessions_total",
+        "initdesk_smtp_sessions ",
+        "initdesk_commit_seconds_count",
+        "initdesk_commit_batch_messages_sum",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
 }
 
 #[test]

@@ -355,6 +355,38 @@ async fn idle_clients_are_timed_out() {
     server.stop().await;
 }
 
+/// A client that keeps talking (so the idle timeout never fires) is still closed when the
+/// session's total time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_clients_are_closed_at_the_session_timeout() {
+    let server = start(Db::Sqlite, false, |c| c.session_timeout_secs = 2).await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.reply().await.0, 220);
+    let start = std::time::Instant::now();
+    let closed = loop {
+        let (code, text) = c.cmd("NOOP").await;
+        if code != 250 {
+            break (code, text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still served after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (closed.0, closed.1.starts_with("4.4.2")),
+        (421, true),
+        "{closed:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed before its time"
+    );
+    assert_eq!(c.reply().await.0, 0, "the connection is closed");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_per_client_and_overall() {
     let server = start(Db::Sqlite, false, |c| {
