@@ -488,7 +488,7 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let ready = ready.expect("serve answers /readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     // READY=1 once listening, then the watchdog pinged at half its interval.
-    let mut said = |n: usize| -> Vec<String> {
+    let said = |n: usize| -> Vec<String> {
         (0..n)
             .map(|_| {
                 let mut buf = [0u8; 256];
