@@ -387,6 +387,47 @@ async fn busy_clients_are_closed_at_the_session_timeout() {
     server.stop().await;
 }
 
+/// A client that sends commands and never reads the replies cannot hold its session: once
+/// the replies fill the socket, writing them is bounded by the idle timeout like reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_closed() {
+    let server = start(Db::Sqlite, false, |c| {
+        c.idle_timeout_secs = 1;
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    let mut hog = TcpStream::connect(server.addr).await.expect("connect");
+    let flood = tokio::spawn(async move {
+        let chunk = "NOOP\r\n".repeat(10_000);
+        let mut sent = 0usize;
+        while hog.write_all(chunk.as_bytes()).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    // The hog's slot (one per address here) frees once the listener gives up on it.
+    let start = std::time::Instant::now();
+    loop {
+        let mut c = Client::connect(server.addr).await;
+        let (code, text) = c.reply().await;
+        if code == 220 {
+            break;
+        }
+        assert_eq!(code, 421, "{text}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a client that never reads still holds its session after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("the hog's connection is closed")
+        .expect("flood task");
+    assert!(sent > 0);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_per_client_and_overall() {
     let server = start(Db::Sqlite, false, |c| {

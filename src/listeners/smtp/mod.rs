@@ -252,8 +252,11 @@ pub async fn serve(
     }
 }
 
+/// How long closing a connection may take before it is dropped as it is.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 async fn refuse(mut conn: Connection, line: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
         let _ = conn.write_all(format!("{line}\r\n").as_bytes()).await;
         let _ = conn.shutdown().await;
     })
@@ -270,7 +273,7 @@ async fn handle(conn: &mut Connection, peer: Peer, config: &ListenerConfig, serv
 async fn converse(tcp: &mut Connection, peer: Peer, config: &ListenerConfig, services: Services) {
     let mut session = Session::new(config.session.clone(), services, peer, config.tls.is_some());
     if session.run(tcp).await != End::StartTls {
-        let _ = tcp.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, tcp.shutdown()).await;
         return;
     }
     let Some(acceptor) = &config.tls else { return };
@@ -278,7 +281,8 @@ async fn converse(tcp: &mut Connection, peer: Peer, config: &ListenerConfig, ser
         Ok(Ok(mut tls)) => {
             session.tls_established();
             session.run(&mut tls).await;
-            let _ = tls.shutdown().await;
+            // TLS's close_notify is a write: a client that stopped reading must not hold it.
+            let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
         }
         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

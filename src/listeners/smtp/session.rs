@@ -178,11 +178,26 @@ impl Session {
         Act::Continue
     }
 
+    /// Sends the replies so far; false when the client is gone or will not take them.
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> bool {
         if self.out.is_empty() {
             return true;
         }
-        let ok = stream.write_all(&self.out).await.is_ok() && stream.flush().await.is_ok();
+        // A client that sends but never reads fills the socket, and the write would wait
+        // forever, holding the session: writing is bounded like reading (idle timeout, the
+        // session's deadline, shutdown), with a second's grace for a last reply.
+        let limit = self
+            .cfg
+            .idle_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_secs(1));
+        let out = std::mem::take(&mut self.out);
+        let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
+        let ok = tokio::select! {
+            written = tokio::time::timeout(limit, write) => written.unwrap_or(false),
+            () = self.services.stop_now.cancelled() => false,
+        };
+        self.out = out;
         self.out.clear();
         ok
     }
