@@ -145,8 +145,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         outbox_wake: Some(outbox_wake),
     });
     let http_stop = stopping.clone();
+    let http_idle = Duration::from_secs(config.http.idle_timeout_secs);
     let http_task = tokio::spawn(async move {
-        let result = axum::serve(http, router)
+        let listener = crate::api::listener::IdleLimited::new(http, http_idle);
+        let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await;
         if let Err(e) = result {

@@ -109,6 +109,8 @@ pub struct HttpConfig {
     pub listen: String,
     /// Base of every `download_url`.
     pub public_url: String,
+    /// Seconds a connection may wait for the client to send or read before it is dropped.
+    pub idle_timeout_secs: u64,
 }
 
 /// `[outbound]`
@@ -355,6 +357,7 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://127.0.0.1:8080".into(),
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -498,6 +501,10 @@ impl Config {
             ),
             ("smtp.max_errors", self.smtp.max_errors),
             ("smtp.max_large_messages", self.smtp.max_large_messages),
+            (
+                "http.idle_timeout_secs",
+                usize::try_from(self.http.idle_timeout_secs).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");

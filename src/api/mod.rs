@@ -11,6 +11,7 @@ pub mod auth;
 pub mod customers;
 pub mod error;
 mod health;
+pub mod listener;
 pub mod messages;
 pub mod openapi;
 pub mod orgs;

@@ -471,6 +471,7 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "1000000")
         .env("INITDESK_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INITDESK_HTTP_IDLE_TIMEOUT_SECS", "1")
         .env("INITDESK_SMTP_LISTEN", format!("127.0.0.1:{smtp_port}"))
         .arg("serve")
         .stdout(Stdio::null())
@@ -497,6 +498,21 @@ fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
             })
             .collect()
     };
+    // A client that sends half a request and waits is dropped after http.idle_timeout_secs.
+    {
+        use std::io::Read;
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
+            .expect("half a request");
+        slow.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let ended = slow.read_to_end(&mut got);
+        assert!(
+            !matches!(&ended, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "a silent HTTP client still holds its connection after 15 s: {ended:?}"
+        );
+    }
     let first = said(3);
     assert_eq!(
         first.first().map(String::as_str),
