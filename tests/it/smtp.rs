@@ -593,6 +593,32 @@ async fn shutdown_tells_idle_sessions_421_and_lets_data_finish() {
     server.stop().await;
 }
 
+/// A message still arriving when the shutdown grace ends is told `421` (its sender keeps it
+/// and retries) and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_arriving_when_the_grace_ends_gets_421() {
+    for round in 0..8 {
+        let server = start(Db::Sqlite, false, |_| {}).await;
+        let mut slow = Client::connect(server.addr).await;
+        slow.begin("alice@example.com", &["support@acme.test"])
+            .await;
+        assert_eq!(slow.cmd("DATA").await.0, 354);
+        slow.send("From: alice@example.com\r\nSubject: too late\r\n\r\nhalf")
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.stopping.cancel();
+        server.stop_now.cancel();
+        let (code, text) = slow.reply().await;
+        assert_eq!(
+            (code, text.starts_with("4.3.2")),
+            (421, true),
+            "round {round}: {text}"
+        );
+        assert!(server.ticket_subjects().await.is_empty());
+        server.stop().await;
+    }
+}
+
 /// A self-signed certificate and key for localhost, made with the openssl command.
 fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

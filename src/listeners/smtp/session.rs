@@ -194,6 +194,8 @@ impl Session {
         let out = std::mem::take(&mut self.out);
         let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
         let ok = tokio::select! {
+            // The write first: a last 421 at shutdown goes out when the socket takes it.
+            biased;
             written = tokio::time::timeout(limit, write) => written.unwrap_or(false),
             () = self.services.stop_now.cancelled() => false,
         };
