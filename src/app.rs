@@ -46,7 +46,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Bind everything before announcing readiness, so a taken port stops start-up.
     let http = bind("http.listen", &config.http.listen).await?;
-    let smtp_listener = bind("smtp.listen", &config.smtp.listen).await?;
+    let smtp_listener = smtp::Listener::Tcp(bind("smtp.listen", &config.smtp.listen).await?);
     let lmtp_listener = match config.smtp.lmtp_socket() {
         Some(path) => Some(
             smtp::bind_unix(path, config.smtp.lmtp_socket_mode)
@@ -96,9 +96,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     fetchers.close();
 
-    tracing::info!(addr = %smtp_listener.local_addr()?, "SMTP listening");
+    tracing::info!(addr = %smtp_listener.describe(), "SMTP listening");
     accept_loops.spawn(smtp::serve(
-        smtp::Listener::Tcp(smtp_listener),
+        smtp_listener,
         ListenerConfig::from_config(&config.smtp, false, tls.clone()),
         services.clone(),
         sessions.clone(),

@@ -270,14 +270,14 @@ async fn handle(conn: &mut Connection, peer: Peer, config: &ListenerConfig, serv
     metrics::gauge!("initdesk_smtp_sessions").decrement(1.0);
 }
 
-async fn converse(tcp: &mut Connection, peer: Peer, config: &ListenerConfig, services: Services) {
+async fn converse(conn: &mut Connection, peer: Peer, config: &ListenerConfig, services: Services) {
     let mut session = Session::new(config.session.clone(), services, peer, config.tls.is_some());
-    if session.run(tcp).await != End::StartTls {
-        let _ = tokio::time::timeout(CLOSE_GRACE, tcp.shutdown()).await;
+    if session.run(conn).await != End::StartTls {
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.shutdown()).await;
         return;
     }
     let Some(acceptor) = &config.tls else { return };
-    match tokio::time::timeout(config.session.idle_timeout, acceptor.accept(&mut *tcp)).await {
+    match tokio::time::timeout(config.session.idle_timeout, acceptor.accept(&mut *conn)).await {
         Ok(Ok(mut tls)) => {
             session.tls_established();
             session.run(&mut tls).await;

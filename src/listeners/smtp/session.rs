@@ -178,6 +178,14 @@ impl Session {
         Act::Continue
     }
 
+    /// How long the session may wait on its client now: the idle timeout, or less when the
+    /// session's deadline is nearer.
+    fn wait_limit(&self) -> Duration {
+        self.cfg
+            .idle_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
     /// Sends the replies so far; false when the client is gone or will not take them.
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> bool {
         if self.out.is_empty() {
@@ -186,11 +194,7 @@ impl Session {
         // A client that sends but never reads fills the socket, and the write would wait
         // forever, holding the session: writing is bounded like reading (idle timeout, the
         // session's deadline, shutdown), with a second's grace for a last reply.
-        let limit = self
-            .cfg
-            .idle_timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_secs(1));
+        let limit = self.wait_limit().max(Duration::from_secs(1));
         let out = std::mem::take(&mut self.out);
         let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
         let ok = tokio::select! {
@@ -300,11 +304,7 @@ impl Session {
         in_data: bool,
     ) -> Read {
         let mut chunk = [0u8; 16 * 1024];
-        let idle = tokio::time::sleep(
-            self.cfg
-                .idle_timeout
-                .min(self.deadline.saturating_duration_since(Instant::now())),
-        );
+        let idle = tokio::time::sleep(self.wait_limit());
         // While a message is being received, only the end of the grace period interrupts it.
         let stopping = if in_data {
             self.services.stop_now.clone()
